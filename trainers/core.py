@@ -1,0 +1,269 @@
+"""The training core shared by the reference trainers.
+
+A trainer module supplies a config dataclass (a subclass of ``TrainConfig``)
+and a ``TrainerSpec``: how to collate rows, what to compute without gradient
+before a step (reference log-probs, batch statistics), and the objective that
+is differentiated.  This module owns everything else: seeding and data order,
+the frozen reference, LoRA, AdamW with clipping, gradient accumulation,
+optional ``mx.compile``, and the training-mode contract:
+
+    the policy is put in training mode (``model.train()``) immediately before
+    every gradient computation; frozen-model passes run in inference mode.
+
+Forgetting that contract is the regression this project exists to catch: a
+model fresh from ``mlx_lm.load`` is in inference mode, and some layers take an
+inference-only kernel there that has no gradient.
+"""
+
+import copy
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_map
+
+
+@dataclass
+class TrainConfig:
+    learning_rate: float = field(default=1e-6, metadata={"help": "AdamW learning rate (constant)."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW decoupled weight decay."})
+    adam_betas: tuple = field(default=(0.9, 0.999), metadata={"help": "AdamW betas."})
+    adam_eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Global-norm clip; 0 disables."})
+    batch_size: int = field(default=4, metadata={"help": "Examples per micro-batch."})
+    grad_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    max_length: int = field(default=64, metadata={"help": "Maximum prompt+completion tokens."})
+    seed: int = field(default=0, metadata={"help": "Seeds mx.random and the data order."})
+    shuffle: bool = field(default=True, metadata={"help": "Shuffle rows each epoch (seeded)."})
+    lora_rank: int = field(default=0, metadata={"help": "LoRA rank; 0 trains all weights."})
+    lora_layers: int = field(default=-1, metadata={"help": "Blocks (from the top) given LoRA; -1: all."})
+    lora_scale: float = field(default=20.0, metadata={"help": "LoRA scale (mlx-lm's default)."})
+    compile: bool = field(default=False, metadata={"help": "mx.compile the gradient and update steps."})
+
+    @property
+    def step_batch_size(self) -> int:
+        return self.batch_size * self.grad_accumulation_steps
+
+
+@dataclass(frozen=True)
+class TrainerSpec:
+    name: str
+    config_class: type
+    collate: Callable  # (rows, config, pad_id) -> batch dict
+    objective: Callable  # (model, batch, ref, stats, config) -> (loss, metrics)
+    reference_outputs: Optional[Callable] = None  # (ref_model, batch, config) -> dict
+    step_stats: Optional[Callable] = None  # (policy, reference, micro_rows, batches, config, pad_id) -> dict
+    needs_reference: bool = False
+
+
+class NonFiniteError(FloatingPointError):
+    """A step produced a non-finite loss, gradient or metric."""
+
+
+# ----------------------------------------------------------------------------
+# Model setup: LoRA and the frozen reference.
+# ----------------------------------------------------------------------------
+
+
+def apply_lora(model, config: TrainConfig):
+    """Freeze the model and add mlx-lm LoRA adapters (B initialised to zero,
+    so the adapted model starts equal to the base)."""
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    model.freeze()
+    num_layers = len(model.layers) if config.lora_layers < 0 else config.lora_layers
+    lora = {"rank": config.lora_rank, "scale": config.lora_scale, "dropout": 0.0}
+    linear_to_lora_layers(model, num_layers, lora)
+    return model
+
+
+def _lora_layers(model):
+    return [m for _, m in model.named_modules() if hasattr(m, "lora_a") and hasattr(m, "scale")]
+
+
+class Reference:
+    """The frozen reference policy.
+
+    With LoRA it is the policy itself with every adapter's scale set to zero
+    (the base model, no second copy of the weights).  Otherwise it is a copy
+    of the policy taken before training, or the model the caller passes.
+    """
+
+    def __init__(self, policy, model=None, lora: bool = False):
+        self.policy = policy
+        self.lora = lora
+        if model is None and not lora:
+            model = copy.deepcopy(policy)
+        if model is not None:
+            model.freeze()
+            model.eval()
+        self.model = model
+
+    @contextmanager
+    def active(self):
+        if self.model is not None:
+            self.model.eval()
+            yield self.model
+            return
+        layers = _lora_layers(self.policy)
+        scales = [m.scale for m in layers]
+        was_training = self.policy.training
+        for m in layers:
+            m.scale = 0.0
+        self.policy.eval()
+        try:
+            yield self.policy
+        finally:
+            for m, s in zip(layers, scales):
+                m.scale = s
+            self.policy.train(was_training)
+
+
+# ----------------------------------------------------------------------------
+# Data order.
+# ----------------------------------------------------------------------------
+
+
+def step_batches(rows, config: TrainConfig, steps: int):
+    """Yield, for each optimizer step, its list of micro-batch row lists.
+
+    The order is a seeded permutation per epoch; an incomplete tail is dropped.
+    """
+    n = config.step_batch_size
+    if len(rows) < n:
+        raise ValueError(f"{len(rows)} rows cannot fill one step of {n} examples")
+    rng = np.random.default_rng(config.seed)
+    yielded, epoch = 0, 0
+    while yielded < steps:
+        order = rng.permutation(len(rows)) if config.shuffle else np.arange(len(rows))
+        for start in range(0, len(rows) - n + 1, n):
+            chunk = [rows[i] for i in order[start : start + n]]
+            yield [chunk[i : i + config.batch_size] for i in range(0, n, config.batch_size)]
+            yielded += 1
+            if yielded == steps:
+                return
+        epoch += 1
+
+
+# ----------------------------------------------------------------------------
+# The step.
+# ----------------------------------------------------------------------------
+
+
+def make_optimizer(config: TrainConfig):
+    return optim.AdamW(
+        learning_rate=config.learning_rate,
+        betas=list(config.adam_betas),
+        eps=config.adam_eps,
+        weight_decay=config.weight_decay,
+    )
+
+
+def _check_finite(trainer, step, name, value):
+    if not math.isfinite(value):
+        raise NonFiniteError(f"{trainer}: step {step}: non-finite {name} ({value})")
+
+
+def _first_non_finite(grads):
+    for key, g in tree_flatten(grads):
+        if not bool(mx.all(mx.isfinite(g))):
+            return key
+    return "?"
+
+
+class Trainer:
+    """Runs a ``TrainerSpec`` on a model; ``step`` performs one optimizer step."""
+
+    def __init__(self, spec: TrainerSpec, model, config, pad_id: int, reference_model=None):
+        self.spec, self.model, self.config, self.pad_id = spec, model, config, pad_id
+        mx.random.seed(config.seed)
+        if config.lora_rank > 0:
+            apply_lora(model, config)
+        self.reference = None
+        if spec.needs_reference:
+            self.reference = Reference(model, reference_model, lora=config.lora_rank > 0)
+        self.optimizer = make_optimizer(config)
+        self.step_count = 0
+        self._grad_fn = nn.value_and_grad(model, self._objective)
+        self._update_fn = self._update
+        if config.compile:
+            state = [model.state, self.optimizer.state, mx.random.state]
+            self._grad_fn = mx.compile(self._grad_fn, inputs=state, outputs=[mx.random.state])
+            self._update_fn = mx.compile(self._update, inputs=state, outputs=state)
+
+    def _objective(self, batch, ref, stats):
+        return self.spec.objective(self.model, batch, ref, stats, self.config)
+
+    def _update(self, grads):
+        if self.config.max_grad_norm > 0:
+            grads, norm = optim.clip_grad_norm(grads, self.config.max_grad_norm)
+        else:
+            norm = mx.sqrt(sum((g * g).sum() for _, g in tree_flatten(grads)))
+        self.optimizer.update(self.model, grads)
+        return norm
+
+    def step(self, micro_rows) -> dict:
+        """One optimizer step over ``micro_rows`` (a list of micro-batch row lists)."""
+        spec, config, model = self.spec, self.config, self.model
+        self.step_count += 1
+        batches = [spec.collate(rows, config, self.pad_id) for rows in micro_rows]
+        stats = {"num_examples": sum(len(r) for r in micro_rows)}
+        if spec.step_stats is not None:
+            stats.update(spec.step_stats(model, self.reference, micro_rows, batches, config, self.pad_id))
+        refs = [None] * len(batches)
+        if spec.reference_outputs is not None:
+            with self.reference.active() as ref_model:
+                refs = [spec.reference_outputs(ref_model, b, config) for b in batches]
+            mx.eval(refs)
+
+        model.train()  # the training-mode contract: every gradient is taken in training mode
+        loss, grads, metrics = 0.0, None, {}
+        for batch, ref in zip(batches, refs):
+            (micro_loss, micro_metrics), micro_grads = self._grad_fn(
+                {k: v for k, v in batch.items() if isinstance(v, mx.array)}, ref, stats
+            )
+            loss = loss + micro_loss
+            grads = micro_grads if grads is None else tree_map(mx.add, grads, micro_grads)
+            weight = batch["inputs"].shape[0] / sum(b["inputs"].shape[0] for b in batches)
+            for k, v in micro_metrics.items():
+                metrics[k] = metrics.get(k, 0.0) + weight * v
+            mx.eval(loss, grads)
+        loss_value = loss.item()
+        _check_finite(spec.name, self.step_count, "loss", loss_value)
+        norm = self._update_fn(grads)
+        mx.eval(norm, model.parameters(), self.optimizer.state, metrics)
+        if not math.isfinite(norm.item()):
+            raise NonFiniteError(
+                f"{spec.name}: step {self.step_count}: non-finite gradient "
+                f"(grad norm {norm.item()}, first in {_first_non_finite(grads)})"
+            )
+        record = {"step": self.step_count, "loss": loss_value, "grad_norm": norm.item()}
+        record["learning_rate"] = float(self.optimizer.learning_rate.item())
+        record["num_tokens"] = int(sum(b["num_tokens"] for b in batches))
+        for k, v in metrics.items():
+            record[k] = float(v.item())
+            _check_finite(spec.name, self.step_count, k, record[k])
+        return record
+
+
+def train(spec: TrainerSpec, model, rows, config, pad_id: int, steps: int, reference_model=None, on_step=None):
+    """Train ``steps`` optimizer steps; return the per-step records.
+
+    The model's training flag is restored on return.
+    """
+    was_training = model.training
+    trainer = Trainer(spec, model, config, pad_id, reference_model)
+    records = []
+    try:
+        for micro_rows in step_batches(rows, config, steps):
+            records.append(trainer.step(micro_rows))
+            if on_step is not None:
+                on_step(records[-1])
+    finally:
+        model.train(was_training)
+    return records

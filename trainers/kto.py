@@ -1,0 +1,66 @@
+"""Reference KTO trainer (Ethayarajh et al. 2024; TRL semantics) over unpaired examples.
+
+The reference point ``z`` is estimated, without gradient, on mismatched pairs
+(``prompt_i`` with ``completion_{i-1}``) of the whole optimizer step, so that
+gradient accumulation sees the same ``z`` as one large batch would.
+"""
+
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+
+from .batching import mismatched_batch, sequence_logps, unpaired_batch
+from .core import TrainConfig, TrainerSpec
+from .losses import kto_loss, kto_reference_point
+
+
+@dataclass
+class KTOConfig(TrainConfig):
+    beta: float = field(default=0.1, metadata={"help": "Strength of the implicit KL to the reference."})
+    desirable_weight: float = field(default=1.0, metadata={"help": "Weight of desirable examples' losses."})
+    undesirable_weight: float = field(default=1.0, metadata={"help": "Weight of undesirable examples' losses."})
+
+
+def collate(rows, config, pad_id):
+    if len(rows) * config.grad_accumulation_steps < 2:
+        raise ValueError("kto: the reference point needs at least 2 examples per step")
+    return unpaired_batch(rows, pad_id)
+
+
+def step_stats(policy, reference, micro_rows, batches, config, pad_id):
+    mismatched = mismatched_batch([r for rows in micro_rows for r in rows], pad_id)
+    with reference.active() as ref_model:
+        ref_logps = sequence_logps(ref_model, mismatched)
+    was_training = policy.training
+    policy.eval()
+    policy_logps = sequence_logps(policy, mismatched)
+    policy.train(was_training)
+    return {"kl": kto_reference_point(policy_logps, ref_logps)}
+
+
+def reference_outputs(ref_model, batch, config):
+    return {"logps": mx.stop_gradient(sequence_logps(ref_model, batch))}
+
+
+def objective(model, batch, ref, stats, config):
+    return kto_loss(
+        sequence_logps(model, batch),
+        ref["logps"],
+        batch["labels"],
+        stats["kl"],
+        beta=config.beta,
+        desirable_weight=config.desirable_weight,
+        undesirable_weight=config.undesirable_weight,
+        num_examples=stats["num_examples"],
+    )
+
+
+SPEC = TrainerSpec(
+    name="kto",
+    config_class=KTOConfig,
+    collate=collate,
+    objective=objective,
+    reference_outputs=reference_outputs,
+    step_stats=step_stats,
+    needs_reference=True,
+)

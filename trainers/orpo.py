@@ -1,0 +1,40 @@
+"""Reference ORPO trainer (Hong et al. 2024): no reference model."""
+
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+
+from .batching import pair_batch, sequence_logps, split_pairs
+from .core import TrainConfig, TrainerSpec
+from .losses import orpo_loss
+
+
+@dataclass
+class ORPOConfig(TrainConfig):
+    beta: float = field(default=0.1, metadata={"help": "Weight of the odds-ratio term (the paper's lambda)."})
+
+
+def collate(rows, config, pad_id):
+    return pair_batch(rows, pad_id)
+
+
+def step_stats(policy, reference, micro_rows, batches, config, pad_id):
+    # The NLL is token-weighted over the whole step, so micro-batches need the total.
+    return {"num_chosen_tokens": sum(split_pairs(b["lengths"])[0].sum() for b in batches)}
+
+
+def objective(model, batch, ref, stats, config):
+    chosen, rejected = split_pairs(sequence_logps(model, batch))
+    chosen_len, rejected_len = split_pairs(batch["lengths"])
+    return orpo_loss(
+        chosen,
+        rejected,
+        chosen_len,
+        rejected_len,
+        config.beta,
+        num_examples=stats["num_examples"],
+        num_chosen_tokens=stats["num_chosen_tokens"],
+    )
+
+
+SPEC = TrainerSpec(name="orpo", config_class=ORPOConfig, collate=collate, objective=objective, step_stats=step_stats)
