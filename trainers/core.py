@@ -59,6 +59,7 @@ class TrainerSpec:
     reference_outputs: Optional[Callable] = None  # (ref_model, batch, config) -> dict
     step_stats: Optional[Callable] = None  # (policy, reference, micro_rows, batches, config, pad_id) -> dict
     needs_reference: bool = False
+    trainer_class: Optional[type] = None  # defaults to Trainer
 
 
 class NonFiniteError(FloatingPointError):
@@ -179,8 +180,11 @@ def _first_non_finite(grads):
 class Trainer:
     """Runs a ``TrainerSpec`` on a model; ``step`` performs one optimizer step."""
 
-    def __init__(self, spec: TrainerSpec, model, config, pad_id: int, reference_model=None):
-        self.spec, self.model, self.config, self.pad_id = spec, model, config, pad_id
+    steps_per_batch = 1  # optimizer steps taken on each batch of rows
+
+    def __init__(self, spec: TrainerSpec, model, config, tokenizer, reference_model=None):
+        self.spec, self.model, self.config = spec, model, config
+        self.pad_id = tokenizer.pad_token_id
         mx.random.seed(config.seed)
         if config.lora_rank > 0:
             apply_lora(model, config)
@@ -192,8 +196,10 @@ class Trainer:
         self._grad_fn = nn.value_and_grad(model, self._objective)
         self._update_fn = self._update
         if config.compile:
+            # State created inside a compiled call would not be captured: make it now.
+            self.optimizer.init(model.trainable_parameters())
             state = [model.state, self.optimizer.state, mx.random.state]
-            self._grad_fn = mx.compile(self._grad_fn, inputs=state, outputs=[mx.random.state])
+            self._grad_fn = mx.compile(self._grad_fn, inputs=state, outputs=state)
             self._update_fn = mx.compile(self._update, inputs=state, outputs=state)
 
     def _objective(self, batch, ref, stats):
@@ -210,7 +216,6 @@ class Trainer:
     def step(self, micro_rows) -> dict:
         """One optimizer step over ``micro_rows`` (a list of micro-batch row lists)."""
         spec, config, model = self.spec, self.config, self.model
-        self.step_count += 1
         batches = [spec.collate(rows, config, self.pad_id) for rows in micro_rows]
         stats = {"num_examples": sum(len(r) for r in micro_rows)}
         if spec.step_stats is not None:
@@ -220,7 +225,12 @@ class Trainer:
             with self.reference.active() as ref_model:
                 refs = [spec.reference_outputs(ref_model, b, config) for b in batches]
             mx.eval(refs)
+        return self.optimize(batches, refs, stats)
 
+    def optimize(self, batches, refs, stats) -> dict:
+        """Accumulate gradients over ``batches`` and take one optimizer step."""
+        spec, model = self.spec, self.model
+        self.step_count += 1
         model.train()  # the training-mode contract: every gradient is taken in training mode
         loss, grads, metrics = 0.0, None, {}
         for batch, ref in zip(batches, refs):
@@ -251,19 +261,26 @@ class Trainer:
         return record
 
 
-def train(spec: TrainerSpec, model, rows, config, pad_id: int, steps: int, reference_model=None, on_step=None):
+def make_trainer(spec: TrainerSpec, model, config, tokenizer, **kwargs):
+    return (spec.trainer_class or Trainer)(spec, model, config, tokenizer, **kwargs)
+
+
+def train(spec: TrainerSpec, model, rows, config, tokenizer, steps: int, on_step=None, **kwargs):
     """Train ``steps`` optimizer steps; return the per-step records.
 
-    The model's training flag is restored on return.
+    ``kwargs`` go to the trainer (``reference_model``; ``reward_funcs`` for
+    GRPO).  The model's training flag is restored on return.
     """
     was_training = model.training
-    trainer = Trainer(spec, model, config, pad_id, reference_model)
+    trainer = make_trainer(spec, model, config, tokenizer, **kwargs)
+    per = trainer.steps_per_batch
     records = []
     try:
-        for micro_rows in step_batches(rows, config, steps):
-            records.append(trainer.step(micro_rows))
-            if on_step is not None:
-                on_step(records[-1])
+        for micro_rows in step_batches(rows, config, -(-steps // per)):
+            for _ in range(min(per, steps - len(records))):
+                records.append(trainer.step(micro_rows))
+                if on_step is not None:
+                    on_step(records[-1])
     finally:
         model.train(was_training)
     return records

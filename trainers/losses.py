@@ -94,11 +94,12 @@ def orpo_loss(
     n_tokens = chosen_lengths.sum() if num_chosen_tokens is None else num_chosen_tokens
     nll = -chosen_logps.sum() / n_tokens
     loss = nll - beta * _mean(ratio, num_examples)
+    # As TRL reports them for ORPO: rewards and logps on length-averaged log-probs.
     metrics = _reward_metrics(
         beta * mx.stop_gradient(avg_chosen),
         beta * mx.stop_gradient(avg_rejected),
-        mx.stop_gradient(chosen_logps),
-        mx.stop_gradient(rejected_logps),
+        mx.stop_gradient(avg_chosen),
+        mx.stop_gradient(avg_rejected),
     )
     metrics["nll_loss"] = mx.stop_gradient(-chosen_logps.sum() / chosen_lengths.sum())
     metrics["log_odds_ratio"] = mx.stop_gradient(ratio.mean())
@@ -122,8 +123,8 @@ def simpo_loss(
     metrics = _reward_metrics(
         beta * mx.stop_gradient(avg_chosen),
         beta * mx.stop_gradient(avg_rejected),
-        mx.stop_gradient(chosen_logps),
-        mx.stop_gradient(rejected_logps),
+        mx.stop_gradient(avg_chosen),
+        mx.stop_gradient(avg_rejected),
     )
     return _mean(losses, num_examples), metrics
 
@@ -149,6 +150,7 @@ def kto_loss(
     ``labels`` is a boolean array (True: desirable); ``kl`` the reference point
     from ``kto_reference_point``.
     """
+    labels = labels.astype(mx.bool_)
     ratio = policy_logps - reference_logps
     desirable = desirable_weight * (1 - mx.sigmoid(beta * (ratio - kl)))
     undesirable = undesirable_weight * (1 - mx.sigmoid(beta * (kl - ratio)))

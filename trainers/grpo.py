@@ -1,0 +1,172 @@
+"""Reference GRPO trainer (DeepSeekMath; TRL semantics).
+
+Each generation batch: for every prompt, ``num_generations`` completions are
+sampled **in inference mode** (the mode users generate in, which takes fused
+kernels) with a KV cache; rewards are scored and turned into group
+advantages; then ``num_iterations`` optimizer steps are taken on that batch,
+each **in training mode**.  The round trip between the two modes, every step,
+is the point of this trainer as a fixture.
+"""
+
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+from mlx_lm.models.cache import make_prompt_cache
+
+from .batching import pad_sequences, token_logps
+from .core import TrainConfig, Trainer, TrainerSpec
+from .grpo_loss import group_advantages, grpo_loss
+
+
+@dataclass
+class GRPOConfig(TrainConfig):
+    batch_size: int = field(default=2, metadata={"help": "Prompts per micro-batch."})
+    num_generations: int = field(default=4, metadata={"help": "Completions sampled per prompt (G)."})
+    max_completion_length: int = field(default=16, metadata={"help": "Tokens generated at most."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature; 0 is greedy."})
+    beta: float = field(default=0.0, metadata={"help": "k3 KL weight to the reference (TRL: 0.0)."})
+    epsilon: float = field(default=0.2, metadata={"help": "Lower clip range eps_low."})
+    epsilon_high: float = field(default=None, metadata={"help": "Upper clip range; None: epsilon."})
+    loss_type: str = field(default="grpo", metadata={"help": "grpo, bnpo, dr_grpo or dapo."})
+    scale_rewards: str = field(default="group", metadata={"help": "group, batch or none."})
+    num_iterations: int = field(default=1, metadata={"help": "Optimizer steps per generation batch (mu)."})
+
+
+def generate_group(model, prompt_ids, config, eos_id: int):
+    """Sample ``num_generations`` completions of one prompt with a KV cache.
+
+    Returns a list of token-id lists, each ending at (and including) eos when
+    eos was sampled.  The caller sets the model's mode.
+    """
+    G = config.num_generations
+    cache = make_prompt_cache(model)
+    logits = model(mx.array([prompt_ids] * G), cache=cache)[:, -1, :]
+    tokens, done = [], mx.zeros((G,), dtype=mx.bool_)
+    for _ in range(config.max_completion_length):
+        if config.temperature == 0:
+            nxt = mx.argmax(logits, axis=-1)
+        else:
+            nxt = mx.random.categorical(logits.astype(mx.float32) / config.temperature)
+        tokens.append(nxt)
+        done = done | (nxt == eos_id)
+        mx.eval(nxt, done)
+        if bool(done.all()):
+            break
+        logits = model(nxt[:, None], cache=cache)[:, -1, :]
+    seqs = mx.stack(tokens, axis=1).tolist()
+    return [s[: s.index(eos_id) + 1] if eos_id in s else s for s in seqs]
+
+
+class GRPOTrainer(Trainer):
+    def __init__(self, spec, model, config, tokenizer, reference_model=None, reward_funcs=None):
+        if not reward_funcs:
+            raise ValueError("grpo: at least one reward function is needed, as (callable, weight) pairs")
+        self.reward_funcs = list(reward_funcs)
+        self.tokenizer = tokenizer
+        spec = spec if config.beta > 0 else TrainerSpec(**{**spec.__dict__, "needs_reference": False})
+        super().__init__(spec, model, config, tokenizer, reference_model)
+        self._rows, self._batches, self._rollout_metrics = None, None, None
+
+    @property
+    def steps_per_batch(self):
+        return self.config.num_iterations
+
+    def rollout(self, micro_rows):
+        """Generate, score and prepare every micro-batch of one generation batch."""
+        cfg, model, tok = self.config, self.model, self.tokenizer
+        was_training = model.training
+        model.eval()  # generate in inference mode, as users do
+        eos = tok.eos_token_id
+        groups = [[generate_group(model, r["prompt_ids"], cfg, eos) for r in rows] for rows in micro_rows]
+        model.train(was_training)
+
+        all_rows = [r for rows in micro_rows for r in rows]
+        all_completions = [c for g in groups for group in g for c in group]
+        texts = [tok.decode([t for t in c if t != eos]) for c in all_completions]
+        per_func = []
+        for fn, weight in self.reward_funcs:
+            per_func.append(
+                [fn(row["prompt"], text, row) for row, text in zip(_repeat(all_rows, cfg.num_generations), texts)]
+            )
+        rewards = sum(w * mx.array(v, dtype=mx.float32) for (_, w), v in zip(self.reward_funcs, per_func))
+        advantages, zero_std = group_advantages(rewards, cfg.num_generations, cfg.scale_rewards)
+
+        lengths = [len(c) for c in all_completions]
+        metrics = {
+            "reward": rewards.mean().item(),
+            "reward_std": mx.std(rewards.reshape(-1, cfg.num_generations), axis=1, ddof=1).mean().item(),
+            "frac_reward_zero_std": zero_std.astype(mx.float32).mean().item(),
+            "completions/mean_length": sum(lengths) / len(lengths),
+            "completions/min_length": float(min(lengths)),
+            "completions/max_length": float(max(lengths)),
+        }
+        for (fn, _), values in zip(self.reward_funcs, per_func):
+            metrics[f"rewards/{getattr(fn, '__name__', 'reward')}/mean"] = sum(values) / len(values)
+
+        batches, offset = [], 0
+        for rows, group in zip(micro_rows, groups):
+            completions = [c for g in group for c in g]
+            prompts = [p for p in _repeat([r["prompt_ids"] for r in rows], cfg.num_generations)]
+            batch = pad_sequences(prompts, completions, tok.pad_token_id)
+            batch["advantages"] = advantages[offset : offset + len(completions)]
+            offset += len(completions)
+            batches.append(batch)
+        # Old-policy log-probs: the same (training-mode) numerical path as the
+        # gradient pass, so the first iteration's ratio is exactly 1.
+        if cfg.num_iterations > 1:
+            model.train()
+            for b in batches:
+                b["old_logps"] = mx.stop_gradient(token_logps(model, b["inputs"], b["targets"]))
+            model.train(was_training)
+        if self.reference is not None:
+            with self.reference.active() as ref_model:
+                for b in batches:
+                    b["ref_logps"] = mx.stop_gradient(token_logps(ref_model, b["inputs"], b["targets"]))
+        mx.eval([{k: v for k, v in b.items() if isinstance(v, mx.array)} for b in batches])
+        return batches, metrics
+
+    def step(self, micro_rows):
+        if micro_rows is not self._rows:
+            self._rows = micro_rows
+            self._batches, self._rollout_metrics = self.rollout(micro_rows)
+        batches = self._batches
+        stats = {
+            "num_sequences": sum(b["inputs"].shape[0] for b in batches),
+            "num_tokens": sum(b["mask"].sum() for b in batches),
+        }
+        record = self.optimize(batches, [None] * len(batches), stats)
+        record.update(self._rollout_metrics)
+        return record
+
+
+def _repeat(items, n):
+    return [x for x in items for _ in range(n)]
+
+
+def objective(model, batch, ref, stats, config):
+    logps = token_logps(model, batch["inputs"], batch["targets"])
+    old = batch["old_logps"] if "old_logps" in batch else mx.stop_gradient(logps)
+    return grpo_loss(
+        logps,
+        old,
+        batch["advantages"],
+        batch["mask"],
+        ref_logps=batch.get("ref_logps"),
+        beta=config.beta,
+        epsilon_low=config.epsilon,
+        epsilon_high=config.epsilon if config.epsilon_high is None else config.epsilon_high,
+        loss_type=config.loss_type,
+        max_completion_length=config.max_completion_length,
+        num_sequences=stats["num_sequences"],
+        num_tokens=stats["num_tokens"],
+    )
+
+
+SPEC = TrainerSpec(
+    name="grpo",
+    config_class=GRPOConfig,
+    collate=None,
+    objective=objective,
+    needs_reference=True,
+    trainer_class=GRPOTrainer,
+)
