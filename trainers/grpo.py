@@ -91,6 +91,7 @@ class GRPOTrainer(Trainer):
         rewards = sum(w * mx.array(v, dtype=mx.float32) for (_, w), v in zip(self.reward_funcs, per_func))
         advantages, zero_std = group_advantages(rewards, cfg.num_generations, cfg.scale_rewards)
 
+        self.last_completions = all_completions
         lengths = [len(c) for c in all_completions]
         metrics = {
             "reward": rewards.mean().item(),
