@@ -1,6 +1,6 @@
 import pytest
 
-from mlxth.fixtures import FIXTURES, load_fixture
+from mlxth.fixtures import FIXTURES
 from mlxth.fixtures.datasets import load_dataset
 
 PAIRWISE = ("dpo", "orpo", "kto", "simpo")

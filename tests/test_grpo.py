@@ -1,6 +1,5 @@
 """The reference GRPO trainer on the real fixtures."""
 
-import mlx.core as mx
 import numpy as np
 import pytest
 from conftest import rows_for

@@ -1,14 +1,11 @@
 """The MLX preference losses (``trainers/losses.py``) against float64 numpy references.
 
 Inputs are built in float32 first; MLX gets those fp32 arrays, numpy gets the
-very same values cast to float64 (``tests/numpy_losses.py``), so differences
+very same values cast to float64 (``harness/formulas.py``), so differences
 measure only the loss arithmetic.
 """
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -17,16 +14,7 @@ import pytest
 from mlxth.trainers import losses
 
 
-def _load_reference():
-    path = Path(__file__).parent / "numpy_losses.py"
-    spec = importlib.util.spec_from_file_location("numpy_losses", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("numpy_losses", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-ref = _load_reference()
+from mlxth.harness import formulas as ref
 
 RTOL = ATOL = 1e-6
 SEEDS = (0, 1, 2)

@@ -2,7 +2,6 @@
 
 import math
 
-import mlx.core as mx
 import numpy as np
 import pytest
 from conftest import PAIRWISE, rows_for

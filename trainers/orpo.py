@@ -2,7 +2,6 @@
 
 from dataclasses import dataclass, field
 
-import mlx.core as mx
 
 from .batching import pair_batch, sequence_logps, split_pairs
 from .core import TrainConfig, TrainerSpec
