@@ -158,6 +158,15 @@ def test_advantages_all_groups_zero_std():
         assert zero.all() and np.all(adv == 0.0)
 
 
+@pytest.mark.parametrize("scale", ref.SCALE_REWARDS)
+def test_advantages_nearly_equal_group_is_not_zero_std(scale):
+    """zero_std means all rewards exactly equal, not a small std (values exact in fp32)."""
+    rewards = np.array([0.25, 0.25, 0.25, 0.25 + 2.0**-20] + [1.0, 0.0, 0.5, 0.25] * 2, dtype=np.float32)
+    adv, zero = _check_advantages(rewards, scale)
+    assert zero.tolist() == [False, False, False]
+    assert adv[3] > 0 > adv[0]
+
+
 def test_invalid_scale_rewards_raises():
     with pytest.raises(ValueError, match="'bogus_scale'"):
         G.group_advantages(mx.zeros((ROWS,)), GROUP_SIZE, "bogus_scale")

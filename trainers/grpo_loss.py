@@ -11,8 +11,10 @@ Semantics follow DeepSeekMath (Shao et al. 2024) and TRL:
 * token normalisation by ``loss_type``: grpo (mean per sequence, then over
   sequences), bnpo (over the batch's completion tokens), dr_grpo (over
   ``batch * max_completion_length``), dapo (over the completion tokens of the
-  whole optimizer step, across micro-batches).  Under gradient accumulation,
-  grpo, bnpo and dr_grpo average the micro-batches' losses, as TRL does.
+  whole optimizer step, across micro-batches).  Under gradient accumulation
+  grpo and dr_grpo divide by the step's sequence count (exact for any split);
+  bnpo weights each micro-batch's token mean by its share of the sequences,
+  which is TRL's average of micro-batch losses when micro-batches are equal.
 """
 
 import mlx.core as mx
@@ -58,6 +60,8 @@ def grpo_loss(
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"grpo: unknown loss_type {loss_type!r}; expected one of {LOSS_TYPES}")
+    if loss_type == "dr_grpo" and not max_completion_length:
+        raise ValueError("grpo: loss_type 'dr_grpo' needs max_completion_length")
     adv = advantages[:, None]
     ratio = mx.exp(logps - old_logps)
     clipped = mx.clip(ratio, 1 - epsilon_low, 1 + epsilon_high)

@@ -1,0 +1,69 @@
+"""Cases: target x trainer x fixture x variant, and the default matrix."""
+
+from dataclasses import asdict, dataclass, field, replace
+
+from mlxth.fixtures import FIXTURES
+
+from .target import Settings
+
+TRAINERS = ("dpo", "orpo", "kto", "simpo", "grpo")
+DATASETS = {"dpo": "preference", "orpo": "preference", "simpo": "preference", "kto": "kto", "grpo": "grpo"}
+
+# A variant changes how a case runs, not what it checks.
+VARIANTS = {
+    "fp32": {},
+    "bf16": {"dtype": "bfloat16"},
+    "lora": {"lora_rank": 4, "learning_rate": 1e-3},
+    "compiled": {"compile": True},
+}
+DEFAULT_VARIANTS = ("fp32",)
+
+# Per-trainer settings of the default matrix, sized for a 2-core CPU.
+TRAINER_SETTINGS = {
+    "grpo": {"batch_size": 2, "extra": {"num_generations": 4, "max_completion_length": 8}},
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    target: str
+    trainer: str
+    fixture: str
+    variant: str = "fp32"
+    settings: Settings = field(default_factory=Settings, compare=False, hash=False)
+
+    @property
+    def id(self) -> str:
+        return f"{self.target}/{self.trainer}/{self.fixture}/{self.variant}"
+
+    @property
+    def dataset(self) -> str:
+        return DATASETS[self.trainer]
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data):
+        return cls(**{**data, "settings": Settings(**data["settings"])})
+
+
+def case_settings(trainer: str, variant: str, steps: int) -> Settings:
+    settings = Settings(steps=steps)
+    per_trainer = TRAINER_SETTINGS.get(trainer, {})
+    settings = replace(settings, **{k: v for k, v in per_trainer.items() if k != "extra"})
+    settings.extra = dict(per_trainer.get("extra", {}))
+    return replace(settings, **VARIANTS[variant])
+
+
+def build_matrix(target, trainers=(), fixtures=(), variants=(), steps=3):
+    """The cases for one target; empty filters mean everything the target offers."""
+    trainers = trainers or tuple(t for t in TRAINERS if t in target.trainers())
+    fixtures = fixtures or FIXTURES
+    variants = variants or DEFAULT_VARIANTS
+    return [
+        Case(target.name, t, f, v, case_settings(t, v, steps))
+        for t in trainers
+        for f in fixtures
+        for v in variants
+    ]

@@ -1,0 +1,131 @@
+"""The ``harness`` command line.
+
+Exit codes: 0 every case passed; 1 a case failed or regressed; 2 a usage or
+configuration error (unknown names, a missing golden in ``--strict`` mode,
+an unloadable target), always with a one-line reason.
+"""
+
+import datetime
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+
+import click
+from tabulate import tabulate
+
+from mlxth.fixtures import FIXTURES
+
+from . import golden, report
+from .cases import DEFAULT_VARIANTS, TRAINERS, VARIANTS, build_matrix
+from .env import environment
+from .runner import DEFAULT_TIMEOUT, run_cases
+from .target import TargetError, load_target, registered_targets
+
+
+def _fail_usage(message: str):
+    raise click.UsageError(message)
+
+
+def _resolve_target(name):
+    try:
+        return load_target(name)
+    except TargetError as err:
+        _fail_usage(str(err))
+
+
+def _check_names(kind, given, known):
+    unknown = [g for g in given if g not in known]
+    if unknown:
+        _fail_usage(f"unknown {kind} {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """Reproducibility and regression harness for MLX preference and RL trainers."""
+
+
+@main.command("list")
+def list_command():
+    """List targets, trainers, fixtures and variants."""
+    rows = []
+    for name in sorted(registered_targets()):
+        try:
+            trainers = ", ".join(load_target(name).trainers())
+        except Exception as err:  # noqa: BLE001 - a broken third-party target is listed, not fatal
+            trainers = f"(cannot load: {err})"
+        rows.append([name, trainers])
+    click.echo(tabulate(rows, headers=["target", "trainers"]))
+    click.echo()
+    click.echo("trainers: " + ", ".join(TRAINERS))
+    click.echo("fixtures: " + ", ".join(FIXTURES))
+    click.echo("variants: " + ", ".join(f"{k}{' (default)' if k in DEFAULT_VARIANTS else ''}" for k in VARIANTS))
+
+
+def filter_options(func):
+    options = [
+        click.option("--target", default="reference", show_default=True,
+                     help="Target name (entry point) or import spec module:object / file.py:object."),
+        click.option("--trainer", "trainers", multiple=True, help="Trainer(s) to run; default all."),
+        click.option("--fixture", "fixtures", multiple=True, help="Fixture(s) to run; default all."),
+        click.option("--variant", "variants", multiple=True, help="Variant(s); default fp32."),
+        click.option("--steps", default=3, show_default=True, type=click.IntRange(1, 1000)),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def select_cases(target, trainers, fixtures, variants, steps):
+    target_obj = _resolve_target(target)
+    _check_names("trainer", trainers, [t for t in TRAINERS if t in target_obj.trainers()])
+    _check_names("fixture", fixtures, list(FIXTURES))
+    _check_names("variant", variants, list(VARIANTS))
+    return target_obj, build_matrix(target_obj, trainers, fixtures, variants, steps)
+
+
+@main.command("run")
+@filter_options
+@click.option("--reports", "reports_dir", default="reports", show_default=True, type=click.Path(file_okay=False))
+@click.option("--snapshots", "snapshots_dir", default=str(golden.DEFAULT_DIR), show_default=True,
+              type=click.Path(file_okay=False), help="Golden snapshot folder.")
+@click.option("--update-snapshots", is_flag=True, help="Record goldens of passing cases (never otherwise).")
+@click.option("--strict", is_flag=True, help="A case without a golden is a configuration error (exit 2).")
+@click.option("--jobs", default=min(2, os.cpu_count() or 1), show_default=True, type=click.IntRange(1, 64))
+@click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True, type=float, help="Seconds per case.")
+def run_command(target, trainers, fixtures, variants, steps, reports_dir, snapshots_dir, update_snapshots,
+                strict, jobs, timeout):
+    """Run the case matrix, check every case, and write reports."""
+    target_obj, cases = select_cases(target, trainers, fixtures, variants, steps)
+    env = environment()
+    key = getattr(target_obj, "golden_key", target_obj.name)
+    if strict and not update_snapshots:
+        missing = [c.id for c in cases if not golden.golden_path(
+            snapshots_dir, env["backend"], key, c.trainer, c.fixture, c.variant).exists()]
+        if missing:
+            _fail_usage(f"--strict: no golden for {len(missing)} case(s), first {missing[0]}")
+
+    started = time.perf_counter()
+    run_id = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+    click.echo(f"harness run {run_id}: {len(cases)} case(s), {jobs} job(s), {env['backend']} ({env['device']})")
+
+    def progress(result, done, total):
+        click.echo(f"[{done:>{len(str(total))}}/{total}] {result['status']:<5} {result['id']} "
+                   f"({result['duration_s']:.1f}s)" + (f": {result['failure']['kind']}" if result["failure"] else ""))
+
+    results = run_cases(cases, jobs=jobs, timeout=timeout, snapshots=snapshots_dir, golden_key=key,
+                        update=update_snapshots, on_result=progress)
+    run = {"run_id": run_id, "environment": env, "command": sys.argv[1:], "summary": report.counts(results),
+           "duration_s": round(time.perf_counter() - started, 3), "cases": results}
+    out = report.write_reports(Path(reports_dir), run)
+    click.echo()
+    click.echo(report.summary_table(results))
+    c = run["summary"]
+    click.echo(f"\n{c['pass']} passed, {c['fail']} failed, {c['error']} errors in {run['duration_s']:.1f}s; "
+               f"reports in {out}")
+    sys.exit(0 if c["fail"] == c["error"] == 0 else 1)
+
+
+if __name__ == "__main__":
+    main()

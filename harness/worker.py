@@ -1,0 +1,147 @@
+"""Run one case in this process and write its result as JSON.
+
+    python -m mlxth.harness.worker CASE.json RESULT.json
+
+The runner starts one worker process per case, so a crash or hang costs only
+that case.  The worker loads the fixture exactly as a user would (inference
+mode), hands it to the target, takes the steps under a ``ModeProbe``, and
+applies every check that needs the live model (all but the golden check,
+which the runner applies).
+"""
+
+import json
+import os
+import sys
+import time
+import traceback
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from mlxth.fixtures import load_fixture
+from mlxth.fixtures.datasets import load_dataset
+
+from . import checks
+from .cases import Case
+from .env import deterministic, environment
+from .probes import ModeProbe
+from .recompute import COMPLETION_FIELDS, recompute_loss
+from .target import load_target
+
+VJP_MISSING = "[Primitive::vjp] Not implemented for CustomKernel"
+
+
+def _snapshot(module):
+    # MLX arrays are immutable and optimizers replace them: references suffice.
+    return dict(tree_flatten(module.parameters())) if module is not None else {}
+
+
+def _load(case: Case):
+    model, tokenizer = load_fixture(case.fixture)
+    if case.settings.dtype != "float32":
+        model.set_dtype(getattr(mx, case.settings.dtype))
+    rows = load_dataset(case.dataset, tokenizer=tokenizer, max_length=case.settings.max_length)
+    return model, tokenizer, rows
+
+
+def classify_exception(err: BaseException) -> str:
+    if VJP_MISSING in str(err):
+        return "vjp-missing"
+    if isinstance(err, FloatingPointError) or "non-finite" in str(err):
+        return "non-finite"
+    return "exception"
+
+
+def _hyperparameters(run, case) -> dict:
+    """The run's own hyper-parameters, or the standard defaults with the case's overrides."""
+    if hasattr(run, "hyperparameters"):
+        return run.hyperparameters()
+    from .reference_target import trainer_config
+
+    try:
+        return vars(trainer_config(case.trainer, case.settings))
+    except (ValueError, TypeError):
+        return {}
+
+
+def run_once(case: Case, probe: bool, recheck_step: int = 0):
+    """Take the case's steps; return (records, error, observations)."""
+    target = load_target(case.target)
+    model, tokenizer, rows = _load(case)
+    obs = {"recomputed": None}
+    records, error = [], None
+    probe_ctx = ModeProbe(model) if probe else None
+    if probe_ctx:
+        probe_ctx.__enter__()
+    try:
+        run = target.prepare(case.trainer, model, tokenizer, rows, case.settings)
+        obs["trainable_keys"] = [k for k, _ in tree_flatten(model.trainable_parameters())]
+        obs["before"] = _snapshot(model)
+        obs["reference"] = getattr(run, "reference_model", None)
+        obs["reference_before"] = _snapshot(obs["reference"])
+        obs["hp"] = hp = _hyperparameters(run, case)
+        for k in range(1, case.settings.steps + 1):
+            if k == recheck_step and case.trainer in COMPLETION_FIELDS and hasattr(run, "rows_for_step"):
+                reference, _ = load_fixture(case.fixture)
+                if case.settings.dtype != "float32":
+                    reference.set_dtype(getattr(mx, case.settings.dtype))
+                obs["recomputed"] = (k, recompute_loss(case.trainer, model, reference, run.rows_for_step(k), hp))
+            record = run.step()
+            records.append({"step": k, **{key: _plain(v) for key, v in record.items() if key != "step"}})
+    except Exception as err:  # noqa: BLE001 - any failure of the target is this case's result
+        error = {"kind": classify_exception(err), "message": f"{type(err).__name__}: {err}",
+                 "step": len(records) + 1, "traceback": traceback.format_exc(limit=8)}
+    finally:
+        if probe_ctx:
+            probe_ctx.__exit__(None, None, None)
+    obs["model"] = model
+    obs["probe"] = probe_ctx
+    return records, error, obs
+
+
+def _plain(value):
+    if isinstance(value, mx.array):
+        value = value.item()
+    return value
+
+
+def run_case(case: Case) -> dict:
+    env = environment()
+    started = time.perf_counter()
+    recheck = min(2, case.settings.steps)
+    records, error, obs = run_once(case, probe=True, recheck_step=recheck)
+    result = {"case": case.to_dict(), "id": case.id, "environment": env, "steps": records, "checks": []}
+    add = result["checks"].append
+    add(checks.completes(records, error, case.settings.steps))
+    if obs.get("probe") is not None:
+        add(checks.training_mode(obs["probe"]))
+    add(checks.finite(records))
+    if error is None:
+        add(checks.updates(obs))
+        add(checks.analytic(case, records, obs["hp"]))
+        if deterministic(env):
+            rerun, rerun_error, _ = run_once(case, probe=False)
+            add(checks.reproducible(records, rerun, rerun_error))
+        else:
+            add(checks.skipped("reproducible", f"{env['backend']} does not promise bitwise reruns"))
+        add(checks.loss_recompute(obs["recomputed"], records, case.settings.dtype))
+    result["error"] = error
+    result["duration_s"] = round(time.perf_counter() - started, 3)
+    return checks.conclude(result)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    case_path, result_path = argv
+    with open(case_path) as fh:
+        case = Case.from_dict(json.load(fh))
+    result = run_case(case)
+    tmp = f"{result_path}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(result, fh, indent=1, default=str)
+    os.replace(tmp, result_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
