@@ -31,6 +31,7 @@ class Case:
     fixture: str
     variant: str = "fp32"
     settings: Settings = field(default_factory=Settings, compare=False, hash=False)
+    target_spec: str = ""  # how the worker loads the target (name or import spec); default: target
 
     @property
     def id(self) -> str:
@@ -56,13 +57,13 @@ def case_settings(trainer: str, variant: str, steps: int) -> Settings:
     return replace(settings, **VARIANTS[variant])
 
 
-def build_matrix(target, trainers=(), fixtures=(), variants=(), steps=3):
+def build_matrix(target, trainers=(), fixtures=(), variants=(), steps=3, spec=""):
     """The cases for one target; empty filters mean everything the target offers."""
     trainers = trainers or tuple(t for t in TRAINERS if t in target.trainers())
     fixtures = fixtures or FIXTURES
     variants = variants or DEFAULT_VARIANTS
     return [
-        Case(target.name, t, f, v, case_settings(t, v, steps))
+        Case(target.name, t, f, v, case_settings(t, v, steps), spec or target.name)
         for t in trainers
         for f in fixtures
         for v in variants

@@ -82,7 +82,7 @@ def select_cases(target, trainers, fixtures, variants, steps):
     _check_names("trainer", trainers, [t for t in TRAINERS if t in target_obj.trainers()])
     _check_names("fixture", fixtures, list(FIXTURES))
     _check_names("variant", variants, list(VARIANTS))
-    return target_obj, build_matrix(target_obj, trainers, fixtures, variants, steps)
+    return target_obj, build_matrix(target_obj, trainers, fixtures, variants, steps, spec=target)
 
 
 @main.command("run")

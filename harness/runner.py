@@ -46,7 +46,7 @@ def run_in_worker(case, timeout: float, workdir: Path) -> dict:
     if proc.returncode < 0:
         name = signal.Signals(-proc.returncode).name
         return _error_result(case, environment(), "crash", f"worker killed by {name}. {tail}".strip(), duration)
-    return _error_result(case, environment(), "crash", f"worker exited with status {proc.returncode}. {tail}",
+    return _error_result(case, environment(), "exception", f"worker exited with status {proc.returncode}. {tail}",
                          duration)
 
 

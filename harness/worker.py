@@ -66,7 +66,7 @@ def _hyperparameters(run, case) -> dict:
 
 def run_once(case: Case, probe: bool, recheck_step: int = 0):
     """Take the case's steps; return (records, error, observations)."""
-    target = load_target(case.target)
+    target = load_target(case.target_spec or case.target)
     model, tokenizer, rows = _load(case)
     obs = {"recomputed": None}
     records, error = [], None
