@@ -249,10 +249,8 @@ class GoldenTraceExtension(AbstractSyrupyExtension):
         return self.golden_file is not None and Path(location) == self._path()
 
     def discover_snapshots(self, *, test_location: PyTestLocation, ignore_extensions=None) -> SnapshotCollections:
-        found = SnapshotCollections()
-        for f in Path(self.root).rglob("*.json"):
-            c = SnapshotCollection(location=str(f)); c.add(Snapshot(name=f.name)); found.add(c)
-        return found
+        # Nothing is discovered, so no golden is ever "unused" and none is deleted.
+        return SnapshotCollections()
 
     def delete_snapshots(self, *, snapshot_location: str, snapshot_names: set[str]) -> None:
         # Goldens outlive the tests that happen to select them.
