@@ -127,5 +127,49 @@ def run_command(target, trainers, fixtures, variants, steps, reports_dir, snapsh
     sys.exit(0 if c["fail"] == c["error"] == 0 else 1)
 
 
+@main.command("bench")
+@filter_options
+@click.option("--warmup", default=2, show_default=True, type=click.IntRange(0, 100), help="Untimed steps first.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the results here.")
+@click.option("--compare", "baseline_path", type=click.Path(exists=True, dir_okay=False),
+              help="A baseline JSON from an earlier --json: fail on a real slowdown.")
+@click.option("--threshold", default=10.0, show_default=True, type=float, help="Slowdown (percent) that fails.")
+def bench_command(target, trainers, fixtures, variants, steps, warmup, json_path, baseline_path, threshold):
+    """Benchmark step time per case (and gate on slowdowns with --compare)."""
+    import json
+
+    from . import bench as bench_mod
+
+    baseline = None
+    if baseline_path:
+        try:
+            baseline = json.loads(Path(baseline_path).read_text())
+            baseline["cases"]
+        except (ValueError, KeyError, TypeError) as err:
+            _fail_usage(f"--compare {baseline_path}: not a harness bench JSON ({err})")
+    _, cases = select_cases(target, trainers, fixtures, variants, steps)
+    env = environment()
+    click.echo(f"harness bench: {len(cases)} case(s), {warmup} warm-up + {steps} timed steps, "
+               f"{env['backend']} ({env['device']})")
+
+    def progress(result, done, total):
+        click.echo(f"[{done}/{total}] {result['id']}: {result['median_ms']:.1f} ms/step, ratio {result['ratio']:.2f}")
+
+    results = bench_mod.bench(cases, warmup=warmup, steps=steps, on_result=progress)
+    rows = [[c["id"], f"{c['median_ms']:.1f}", f"{c['p90_ms']:.1f}", f"{c['iqr_ms']:.1f}", f"{c['tokens_per_s']:.0f}",
+             f"{c['peak_memory_mb']:.1f}", f"{c['warmup_s']:.2f}", f"{c['lower_bound_ms']:.1f}", f"{c['ratio']:.2f}"]
+            for c in results["cases"]]
+    click.echo(tabulate(rows, headers=["case", "median ms", "p90 ms", "IQR ms", "tokens/s", "peak MB",
+                                       "warm-up s", "lower bound ms", "ratio"]))
+    if json_path:
+        golden.write_atomic(Path(json_path), json.dumps(results, indent=1) + "\n")
+    if baseline is None:
+        sys.exit(0)
+    verdicts = bench_mod.compare(baseline, results, threshold)
+    click.echo()
+    click.echo(tabulate([[v["id"], v["status"], v["detail"]] for v in verdicts], headers=["case", "gate", "detail"]))
+    sys.exit(1 if any(v["status"] == "slower" for v in verdicts) else 0)
+
+
 if __name__ == "__main__":
     main()

@@ -120,3 +120,22 @@ class OffByOneMask(_Planted):
         run.trainer.spec = type(spec)(**{**spec.__dict__, "collate": shifted})
         return run
 
+
+
+class Slowed(_Planted):
+    """Every step 10% slower: it sleeps a tenth of its own duration."""
+
+    name = "planted-slowed"
+    fraction = 0.10
+
+    def plant(self, run, model, settings):
+        step = run.step
+
+        def slowed():
+            start = time.perf_counter()
+            record = step()
+            time.sleep(self.fraction * (time.perf_counter() - start))
+            return record
+
+        run.step = slowed
+        return run

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import rows_for
+from helpers import rows_for
 from mlx.utils import tree_flatten
 
 from mlxth.fixtures import load_fixture

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import PAIRWISE, rows_for
+from helpers import PAIRWISE, rows_for
 from mlx.utils import tree_flatten
 
 from mlxth.fixtures import load_fixture
