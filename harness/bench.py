@@ -69,6 +69,7 @@ def make_lower_bound(model, trainer, grpo_beta=0.0):
         was = model.training
         model.train()
         value, grads = grad(model, tokens)
+        model.eval()  # frozen-model forwards run in inference mode, as a reference model does
         outs = [mx.stop_gradient(model(tokens[:, :-1])) for _ in range(frozen)]
         mx.eval(value, grads, outs)
         model.train(was)

@@ -101,10 +101,10 @@ def updates(obs):
     return _check("updates", True, f"{len(moved_trainable)}/{len(trainable)} trainable tensors changed; frozen intact")
 
 
-def analytic(case, records, hp):
+def analytic(case, records, hp, tolerances):
     """Closed-form first-step values: the policy equals the reference at step 1."""
     first = records[0]["loss"]
-    tol = 1e-6 if case.settings.dtype == "float32" else 2e-2
+    tol = tolerances["analytic_atol"]
     if case.trainer == "dpo" and hp.get("loss_type") == "sigmoid" and hp.get("label_smoothing") == 0:
         expected, why = math.log(2), "DPO sigmoid loss is ln 2 when policy == reference"
     elif case.trainer == "kto" and hp.get("desirable_weight") == hp.get("undesirable_weight") == 1.0:
@@ -128,12 +128,12 @@ def reproducible(records, rerun, rerun_error):
     return _check("reproducible", len(records) == len(rerun), "rerun bitwise identical", "not-reproducible")
 
 
-def loss_recompute(recomputed, records, dtype):
+def loss_recompute(recomputed, records, tolerances):
     if recomputed is None:
         return skipped("loss-recompute", "no independent formula for this trainer/target")
     step, expected = recomputed
     reported = records[step - 1]["loss"]
-    rtol, atol = (1e-4, 1e-5) if dtype == "float32" else (3e-2, 3e-2)
+    rtol, atol = tolerances["recompute_rtol"], tolerances["recompute_atol"]
     ok = abs(reported - expected) <= atol + rtol * abs(expected)
     return _check("loss-recompute", ok,
                   f"step {step}: reported {reported:.7g}, standard formula {expected:.7g} (rtol {rtol:g})",

@@ -78,6 +78,9 @@ def filter_options(func):
 
 
 def select_cases(target, trainers, fixtures, variants, steps):
+    where, sep, attr = target.rpartition(":")
+    if sep and where.endswith(".py"):  # a file spec must not depend on the worker's folder
+        target = f"{Path(where).resolve()}:{attr}"
     target_obj = _resolve_target(target)
     _check_names("trainer", trainers, [t for t in TRAINERS if t in target_obj.trainers()])
     _check_names("fixture", fixtures, list(FIXTURES))

@@ -15,6 +15,14 @@ Tolerance policy (the only place it is stated):
 * rtol 1e-3, atol 1e-5: fp32 on a GPU backend (reductions are not promised
   to be deterministic; CUDA may use TF32);
 * rtol 2e-2, atol 1e-3: bf16 anywhere.
+
+The same place states the tolerances of the two other numeric checks
+(``check_tolerances``): the closed-form first-step value (analytic) and the
+independent loss recomputation.  On the CPU they are tight; on a GPU, where
+fp32 matmuls may run as TF32 and the reference forward may take another
+kernel than the policy's, they are measured bounds with a margin (H200, MLX
+0.32.4: DPO step-1 loss within 3.2e-5 of ln 2, recomputed losses within
+1.0e-3 relative).
 """
 
 import json
@@ -40,6 +48,15 @@ def tolerance(golden_env: dict, env: dict, dtype: str):
     if drift:
         return 1e-5, 1e-7, "fp32 on cpu with other library versions (" + "; ".join(drift) + ")"
     return 0.0, 0.0, "exact: fp32 on cpu, same library versions"
+
+
+def check_tolerances(env: dict, dtype: str) -> dict:
+    """Tolerances of the analytic and loss-recompute checks for a backend and dtype."""
+    if dtype != "float32":
+        return {"analytic_atol": 2e-2, "recompute_rtol": 3e-2, "recompute_atol": 3e-2}
+    if env["backend"] != "cpu":
+        return {"analytic_atol": 2e-4, "recompute_rtol": 3e-3, "recompute_atol": 1e-4}
+    return {"analytic_atol": 1e-6, "recompute_rtol": 1e-4, "recompute_atol": 1e-5}
 
 
 def version_drift(golden_env: dict, env: dict):

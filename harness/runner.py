@@ -30,8 +30,9 @@ def run_in_worker(case, timeout: float, workdir: Path) -> dict:
     case_path.write_text(json.dumps(case.to_dict()))
     cmd = [sys.executable, "-m", "mlxth.harness.worker", str(case_path), str(result_path)]
     started = time.perf_counter()
+    # The worker runs in the scratch folder: a checkout's own folders never shadow the installed package.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, cwd=workdir)
     try:
         output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

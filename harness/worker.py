@@ -24,6 +24,7 @@ from mlxth.fixtures.datasets import load_dataset
 from . import checks
 from .cases import Case
 from .env import deterministic, environment
+from .golden import check_tolerances
 from .probes import ModeProbe
 from .recompute import COMPLETION_FIELDS, recompute_loss
 from .target import load_target
@@ -118,13 +119,14 @@ def run_case(case: Case) -> dict:
     add(checks.finite(records))
     if error is None:
         add(checks.updates(obs))
-        add(checks.analytic(case, records, obs["hp"]))
+        tolerances = check_tolerances(env, case.settings.dtype)
+        add(checks.analytic(case, records, obs["hp"], tolerances))
         if deterministic(env):
             rerun, rerun_error, _ = run_once(case, probe=False)
             add(checks.reproducible(records, rerun, rerun_error))
         else:
             add(checks.skipped("reproducible", f"{env['backend']} does not promise bitwise reruns"))
-        add(checks.loss_recompute(obs["recomputed"], records, case.settings.dtype))
+        add(checks.loss_recompute(obs["recomputed"], records, tolerances))
     result["error"] = error
     result["duration_s"] = round(time.perf_counter() - started, 3)
     return checks.conclude(result)

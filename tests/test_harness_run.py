@@ -50,7 +50,7 @@ def test_passing_run_exits_0_and_writes_all_reports(tmp_path):
     (["--fixture", "tiny-gpt"], "unknown fixture 'tiny-gpt'"),
     (["--variant", "fp64"], "unknown variant 'fp64'"),
     (["--target", "no-such-lib"], "unknown target 'no-such-lib'"),
-    (["--target", "nowhere.py:Thing"], "target file nowhere.py does not exist"),
+    (["--target", "nowhere.py:Thing"], "nowhere.py does not exist"),
 ])
 def test_usage_errors_exit_2_with_a_reason(tmp_path, args, reason):
     result, report = _run(tmp_path, *args)

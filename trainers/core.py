@@ -224,7 +224,6 @@ class Trainer:
         if spec.reference_outputs is not None:
             with self.reference.active() as ref_model:
                 refs = [spec.reference_outputs(ref_model, b, config) for b in batches]
-            mx.eval(refs)
         return self.optimize(batches, refs, stats)
 
     def optimize(self, batches, refs, stats) -> dict:
@@ -242,7 +241,9 @@ class Trainer:
             weight = batch["inputs"].shape[0] / sum(b["inputs"].shape[0] for b in batches)
             for k, v in micro_metrics.items():
                 metrics[k] = metrics.get(k, 0.0) + weight * v
-            mx.eval(loss, grads)
+            if len(batches) > 1:  # keep one micro-batch's graph in memory at a time
+                mx.eval(loss, grads)
+        mx.eval(loss, grads)  # checked before it can reach the weights
         loss_value = loss.item()
         _check_finite(spec.name, self.step_count, "loss", loss_value)
         norm = self._update_fn(grads)
