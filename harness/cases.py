@@ -32,6 +32,8 @@ class Case:
     variant: str = "fp32"
     settings: Settings = field(default_factory=Settings, compare=False, hash=False)
     target_spec: str = ""  # how the worker loads the target (name or import spec); default: target
+    # Worker-level toggles used by triage: force-train, force-eval, kernel-off, cpu.
+    interventions: tuple = ()
 
     @property
     def id(self) -> str:
@@ -46,7 +48,8 @@ class Case:
 
     @classmethod
     def from_dict(cls, data):
-        return cls(**{**data, "settings": Settings(**data["settings"])})
+        return cls(**{**data, "settings": Settings(**data["settings"]),
+                      "interventions": tuple(data.get("interventions", ()))})
 
 
 def case_settings(trainer: str, variant: str, steps: int) -> Settings:

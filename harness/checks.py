@@ -34,6 +34,7 @@ EXPLANATIONS = {
     "crash": "the case's process died",
     "timeout": "the case ran past its time limit",
     "exception": "the target raised an exception",
+    "import-error": "the implementation under test does not import",
 }
 
 

@@ -174,5 +174,35 @@ def bench_command(target, trainers, fixtures, variants, steps, warmup, json_path
     sys.exit(1 if any(v["status"] == "slower" for v in verdicts) else 0)
 
 
+@main.command("triage")
+@click.option("--target", default="reference", show_default=True, help="Target name or import spec.")
+@click.option("--trainer", required=True, help="The failing case's trainer.")
+@click.option("--fixture", required=True, help="The failing case's fixture.")
+@click.option("--variant", default="fp32", show_default=True)
+@click.option("--steps", default=3, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--snapshots", "snapshots_dir", default=str(golden.DEFAULT_DIR), show_default=True,
+              type=click.Path(file_okay=False))
+@click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True, type=float, help="Seconds per run.")
+def triage_command(target, trainer, fixture, variant, steps, snapshots_dir, timeout):
+    """Re-run a failing case under a ladder of toggles and diagnose which one flips it."""
+    import tempfile
+
+    from . import triage as triage_mod
+
+    target_obj, cases = select_cases(target, (trainer,), (fixture,), (variant,), steps)
+    case = cases[0]
+    click.echo(f"harness triage {case.id}")
+
+    def progress(rung):
+        click.echo(f"  {rung['rung']:<12} {rung['status']:<5} {'FLIPS' if rung['flips'] else '':<6} {rung['detail']}")
+
+    with tempfile.TemporaryDirectory(prefix="mlxth-triage-") as tmp:
+        original, rungs = triage_mod.triage(case, Path(snapshots_dir), Path(tmp), timeout,
+                                            getattr(target_obj, "golden_key", target_obj.name), on_rung=progress)
+    click.echo()
+    click.echo(triage_mod.diagnosis(original, rungs))
+    sys.exit(0 if any(r["flips"] for r in rungs) else 1)
+
+
 if __name__ == "__main__":
     main()

@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass
 
 import mlx.core as mx
+import mlx.nn as nn
 
 _state = threading.local()
 
@@ -83,3 +84,42 @@ class ModeProbe:
     def gradient_mode_violations(self):
         """Differentiated forward passes during which some module was in inference mode."""
         return [c for c in self.differentiated if not c.all_training]
+
+
+class ForcedMode:
+    """Force the model's mode inside every differentiated function (a triage toggle).
+
+    While active, each function passed to ``mx.value_and_grad`` / ``mx.grad``
+    runs with the model in training mode (``training=True``) or inference
+    mode (``training=False``); the previous mode is restored after it.
+    """
+
+    def __init__(self, model, training: bool):
+        self.model, self.training = model, training
+
+    def _forcing(self, transform):
+        model, training = self.model, self.training
+
+        def patched(fun, *args, **kwargs):
+            def forced(*a, **kw):
+                # nn.Module.train itself: a trainer may have replaced the model's own method.
+                was = model.training
+                nn.Module.train(model, training)
+                try:
+                    return fun(*a, **kw)
+                finally:
+                    nn.Module.train(model, was)
+
+            return transform(forced, *args, **kwargs)
+
+        return patched
+
+    def __enter__(self):
+        self._saved = (mx.value_and_grad, mx.grad)
+        mx.value_and_grad = self._forcing(mx.value_and_grad)
+        mx.grad = self._forcing(mx.grad)
+        return self
+
+    def __exit__(self, *exc):
+        mx.value_and_grad, mx.grad = self._saved
+        return False

@@ -25,6 +25,8 @@ class ReferenceRun:
         config = trainer_config(trainer, settings)
         kwargs = {"reward_funcs": DEFAULT_REWARDS} if trainer == "grpo" else {}
         self.trainer = make_trainer(SPECS[trainer], model, config, tokenizer, **kwargs)
+        if config.precompute_reference:
+            self.trainer.precompute_reference(rows)
         per = self.trainer.steps_per_batch
         batches = step_batches(rows, config, -(-settings.steps // per))
         self._schedule = [micro for micro in batches for _ in range(per)][: settings.steps]

@@ -25,7 +25,7 @@ from . import checks
 from .cases import Case
 from .env import deterministic, environment
 from .golden import check_tolerances
-from .probes import ModeProbe
+from .probes import ForcedMode, ModeProbe
 from .recompute import COMPLETION_FIELDS, recompute_loss
 from .target import load_target
 
@@ -38,7 +38,8 @@ def _snapshot(module):
 
 
 def _load(case: Case):
-    model, tokenizer = load_fixture(case.fixture)
+    config = {"use_fused_kernel": False} if "kernel-off" in case.interventions else None
+    model, tokenizer = load_fixture(case.fixture, config)
     if case.settings.dtype != "float32":
         model.set_dtype(getattr(mx, case.settings.dtype))
     rows = load_dataset(case.dataset, tokenizer=tokenizer, max_length=case.settings.max_length)
@@ -46,6 +47,8 @@ def _load(case: Case):
 
 
 def classify_exception(err: BaseException) -> str:
+    if isinstance(err, (ImportError, SyntaxError)):
+        return "import-error"
     if VJP_MISSING in str(err):
         return "vjp-missing"
     if isinstance(err, FloatingPointError) or "non-finite" in str(err):
@@ -72,8 +75,10 @@ def run_once(case: Case, probe: bool, recheck_step: int = 0):
     obs = {"recomputed": None}
     records, error = [], None
     probe_ctx = ModeProbe(model) if probe else None
-    if probe_ctx:
-        probe_ctx.__enter__()
+    forced = [ForcedMode(model, mode == "force-train") for mode in ("force-train", "force-eval")
+              if mode in case.interventions]
+    for ctx in forced + ([probe_ctx] if probe_ctx else []):
+        ctx.__enter__()
     try:
         run = target.prepare(case.trainer, model, tokenizer, rows, case.settings)
         obs["trainable_keys"] = [k for k, _ in tree_flatten(model.trainable_parameters())]
@@ -93,8 +98,8 @@ def run_once(case: Case, probe: bool, recheck_step: int = 0):
         error = {"kind": classify_exception(err), "message": f"{type(err).__name__}: {err}",
                  "step": len(records) + 1, "traceback": traceback.format_exc(limit=8)}
     finally:
-        if probe_ctx:
-            probe_ctx.__exit__(None, None, None)
+        for ctx in reversed(forced + ([probe_ctx] if probe_ctx else [])):
+            ctx.__exit__(None, None, None)
     obs["model"] = model
     obs["probe"] = probe_ctx
     return records, error, obs
@@ -107,6 +112,8 @@ def _plain(value):
 
 
 def run_case(case: Case) -> dict:
+    if "cpu" in case.interventions:
+        mx.set_default_device(mx.cpu)
     env = environment()
     started = time.perf_counter()
     recheck = min(2, case.settings.steps)

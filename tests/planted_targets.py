@@ -139,3 +139,33 @@ class Slowed(_Planted):
 
         run.step = slowed
         return run
+
+
+class CompileOnlyDrift(_Planted):
+    """Numbers move only when the step is compiled (a constant captured differently)."""
+
+    name = "planted-compile-drift"
+
+    def plant(self, run, model, settings):
+        if settings.compile:
+            run.trainer.config.beta = 0.1 * (1 + 1e-3)
+        return run
+
+
+class HalfPrecisionOverflow(_Planted):
+    """In bf16 the loss is accumulated in float16 and overflows; fp32 is fine."""
+
+    name = "planted-bf16-overflow"
+
+    def plant(self, run, model, settings):
+        if settings.dtype == "bfloat16":
+            spec = run.trainer.spec
+            objective = spec.objective
+
+            def overflowing(model, batch, ref, stats, config):
+                loss, metrics = objective(model, batch, ref, stats, config)
+                scaled = (loss.astype(mx.float16) * 1e5).astype(mx.float32) / 1e5  # 65504 is float16's max
+                return scaled, metrics
+
+            run.trainer.spec = type(spec)(**{**spec.__dict__, "objective": overflowing})
+        return run

@@ -173,3 +173,12 @@ def test_dpo_loss_types_run(loss_type):
     _, records = _run("dpo", "tiny-llama", steps=2, loss_type=loss_type)
     first = 1.0 if loss_type == "hinge" else (1 / (2 * 0.1)) ** 2  # h = 0 at the first step
     assert records[0]["loss"] == pytest.approx(first, rel=1e-5)
+
+
+@pytest.mark.parametrize("trainer", ["dpo", "kto"])
+def test_precomputed_reference_matches_recomputed(trainer):
+    """Scoring the reference once per row gives the same trace (up to summation order)."""
+    _, recomputed = _run(trainer, "tiny-llama", steps=3)
+    _, precomputed = _run(trainer, "tiny-llama", steps=3, precompute_reference=True)
+    for a, b in zip(recomputed, precomputed):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)

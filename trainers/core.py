@@ -44,6 +44,9 @@ class TrainConfig:
     lora_layers: int = field(default=-1, metadata={"help": "Blocks (from the top) given LoRA; -1: all."})
     lora_scale: float = field(default=20.0, metadata={"help": "LoRA scale (mlx-lm's default)."})
     compile: bool = field(default=False, metadata={"help": "mx.compile the gradient and update steps."})
+    precompute_reference: bool = field(
+        default=False, metadata={"help": "Score every row under the reference once, before training."}
+    )
 
     @property
     def step_batch_size(self) -> int:
@@ -130,12 +133,16 @@ class Reference:
 # ----------------------------------------------------------------------------
 
 
-def step_batches(rows, config: TrainConfig, steps: int):
+def step_batches(rows, config: TrainConfig, steps: int, world_size: int = 1):
     """Yield, for each optimizer step, its list of micro-batch row lists.
 
     The order is a seeded permutation per epoch; an incomplete tail is dropped.
+    With ``world_size`` data-parallel ranks a step holds ``world_size`` times
+    the rows (``world_size * grad_accumulation_steps`` micro-batches), the
+    same rows in the same order as one process taking the whole step;
+    ``Trainer.step`` hands each rank its run of them (``DataParallel.shard``).
     """
-    n = config.step_batch_size
+    n = config.step_batch_size * world_size
     if len(rows) < n:
         raise ValueError(f"{len(rows)} rows cannot fill one step of {n} examples")
     rng = np.random.default_rng(config.seed)
@@ -149,6 +156,69 @@ def step_batches(rows, config: TrainConfig, steps: int):
             if yielded == steps:
                 return
         epoch += 1
+
+
+# ----------------------------------------------------------------------------
+# Data parallelism.
+# ----------------------------------------------------------------------------
+
+
+class DataParallel:
+    """This process's place in a data-parallel group (``mx.distributed``).
+
+    The scheme, one for every trainer:
+
+    * every rank holds the whole model and takes its shard of each optimizer
+      step: the step's micro-batches (``step_batches`` with ``world_size``)
+      split into ``size`` equal contiguous runs, rank ``r`` taking run ``r``;
+      so 2 ranks x batch 2 consume the 4 rows batch 4 would, in its order;
+    * normalisers are global: example and token counts are ``all_sum``-med
+      over the ranks, KTO's reference point and GRPO's advantages are taken
+      over the whole step; each rank's objective is then its exact share of
+      the global loss, and the shares add up to it;
+    * the core differentiates ``size`` x the share (the rank's estimate of the
+      global loss) and averages the gradients with ``nn.average_gradients``:
+      the mean of the estimates' gradients is the global gradient.  For a
+      power-of-two ``size`` the scaling and the averaging are exact in
+      floating point, so 2 ranks take the very gradient that 2-step
+      accumulation of the same rows takes;
+    * the logged loss (the sum of the shares), the metrics and the counts are
+      global, identical on every rank.
+
+    With one process (``group`` None or of size 1) every method is the identity.
+    """
+
+    def __init__(self, group=None):
+        self.group = group
+        self.size = 1 if group is None else group.size()
+        self.rank = 0 if group is None else group.rank()
+
+    @property
+    def active(self) -> bool:
+        return self.size > 1
+
+    def shard(self, items):
+        """This rank's contiguous run of ``items`` (the identity for one process)."""
+        if not self.active:
+            return items
+        if len(items) % self.size:
+            raise ValueError(f"{len(items)} items cannot be split evenly over {self.size} ranks")
+        n = len(items) // self.size
+        return items[self.rank * n : (self.rank + 1) * n]
+
+    def all_sum(self, x):
+        return mx.distributed.all_sum(x, group=self.group) if self.active else x
+
+    def all_gather(self, x):
+        """Every rank's ``x`` concatenated along axis 0, in rank order."""
+        return mx.distributed.all_gather(x, group=self.group) if self.active else x
+
+    def count(self, n: int) -> int:
+        """The global total of a per-rank count."""
+        return int(self.all_sum(mx.array(n)).item()) if self.active else n
+
+    def average_gradients(self, grads):
+        return nn.average_gradients(grads, group=self.group) if self.active else grads
 
 
 # ----------------------------------------------------------------------------
@@ -182,9 +252,10 @@ class Trainer:
 
     steps_per_batch = 1  # optimizer steps taken on each batch of rows
 
-    def __init__(self, spec: TrainerSpec, model, config, tokenizer, reference_model=None):
+    def __init__(self, spec: TrainerSpec, model, config, tokenizer, reference_model=None, group=None):
         self.spec, self.model, self.config = spec, model, config
         self.pad_id = tokenizer.pad_token_id
+        self.dp = DataParallel(group)  # ``group``: an mx.distributed group for data parallelism
         mx.random.seed(config.seed)
         if config.lora_rank > 0:
             apply_lora(model, config)
@@ -203,7 +274,10 @@ class Trainer:
             self._update_fn = mx.compile(self._update, inputs=state, outputs=state)
 
     def _objective(self, batch, ref, stats):
-        return self.spec.objective(self.model, batch, ref, stats, self.config)
+        loss, metrics = self.spec.objective(self.model, batch, ref, stats, self.config)
+        if self.dp.active:  # this rank's estimate of the global loss (see DataParallel)
+            loss = loss * self.dp.size
+        return loss, metrics
 
     def _update(self, grads):
         if self.config.max_grad_norm > 0:
@@ -213,6 +287,27 @@ class Trainer:
         self.optimizer.update(self.model, grads)
         return norm
 
+    def precompute_reference(self, rows):
+        """Score every row under the frozen reference once (TRL's precompute_ref_log_probs)."""
+        spec, size = self.spec, max(2, self.config.batch_size)
+        if spec.reference_outputs is None:
+            return
+        starts = list(range(0, len(rows), size))
+        if len(rows) - starts[-1] == 1 and len(starts) > 1:
+            starts[-1] -= 1  # no chunk of one row (KTO needs two)
+        self._reference_cache = {}
+        with self.reference.active() as ref_model:
+            for start in starts:
+                chunk = rows[start : start + size]
+                out = spec.reference_outputs(ref_model, spec.collate(chunk, self.config, self.pad_id), self.config)
+                mx.eval(out)
+                for j, row in enumerate(chunk):
+                    self._reference_cache[id(row)] = {k: v[j] for k, v in out.items()}
+
+    def _cached_reference(self, rows):
+        cached = [self._reference_cache[id(r)] for r in rows]
+        return {k: mx.stack([c[k] for c in cached]) for k in cached[0]}
+
     def step(self, micro_rows) -> dict:
         """One optimizer step over ``micro_rows`` (a list of micro-batch row lists)."""
         spec, config, model = self.spec, self.config, self.model
@@ -221,7 +316,9 @@ class Trainer:
         if spec.step_stats is not None:
             stats.update(spec.step_stats(model, self.reference, micro_rows, batches, config, self.pad_id))
         refs = [None] * len(batches)
-        if spec.reference_outputs is not None:
+        if getattr(self, "_reference_cache", None) is not None:
+            refs = [self._cached_reference(rows) for rows in micro_rows]
+        elif spec.reference_outputs is not None:
             with self.reference.active() as ref_model:
                 refs = [spec.reference_outputs(ref_model, b, config) for b in batches]
         return self.optimize(batches, refs, stats)
@@ -274,6 +371,8 @@ def train(spec: TrainerSpec, model, rows, config, tokenizer, steps: int, on_step
     """
     was_training = model.training
     trainer = make_trainer(spec, model, config, tokenizer, **kwargs)
+    if config.precompute_reference:
+        trainer.precompute_reference(rows)
     per = trainer.steps_per_batch
     records = []
     try:
