@@ -204,5 +204,33 @@ def triage_command(target, trainer, fixture, variant, steps, snapshots_dir, time
     sys.exit(0 if any(r["flips"] for r in rungs) else 1)
 
 
+@main.command("bisect")
+@click.option("--repo", required=True, type=click.Path(exists=True, file_okay=False), help="The git repository.")
+@click.option("--good", required=True, help="A revision where the cases pass.")
+@click.option("--bad", required=True, help="A revision where they fail.")
+@filter_options
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the result here (JSON).")
+def bisect_command(repo, good, bad, target, trainers, fixtures, variants, steps, report_path):
+    """Find the first commit at which the selected cases go from passing to failing."""
+    import json
+
+    from . import bisect as bisect_mod
+
+    run_args = ["--target", target, "--steps", str(steps)]
+    for flag, values in (("--trainer", trainers), ("--fixture", fixtures), ("--variant", variants)):
+        for value in values:
+            run_args += [flag, value]
+    click.echo(f"harness bisect {good}..{bad} in {repo}: harness run {' '.join(run_args)}")
+    try:
+        result = bisect_mod.bisect(repo, good, bad, run_args)
+    except RuntimeError as err:
+        _fail_usage(str(err))
+    text = bisect_mod.format_report(result)
+    click.echo(text)
+    if report_path:
+        golden.write_atomic(Path(report_path), json.dumps(result, indent=1) + "\n")
+    sys.exit(0 if result["first_bad"] else 1)
+
+
 if __name__ == "__main__":
     main()

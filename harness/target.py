@@ -97,8 +97,10 @@ def load_target(name: str):
     elif ":" in name:
         try:
             obj = _load_spec(name)
-        except (ImportError, OSError, SyntaxError) as err:
-            raise TargetError(f"target spec {name!r} cannot be imported: {err}") from err
+        except TargetError:
+            raise
+        except Exception as err:  # noqa: BLE001 - whatever breaks the import, the target is unusable
+            raise TargetError(f"target spec {name!r} cannot be imported: {type(err).__name__}: {err}") from err
     else:
         known = ", ".join(sorted(registered)) or "none"
         raise TargetError(f"unknown target {name!r}; registered targets: {known}")
