@@ -92,12 +92,17 @@ def test_linear_attention_paths_agree_on_the_recurrence():
 
 
 def test_linear_attention_train_and_inference_forward_agree():
+    """1e-5 in fp32 (CPU).  On CUDA the real kernel (sequential, fused multiply-adds)
+    and the parallel ops path differ by up to 1.4e-5 (H100, TF32 off): 3e-5 there."""
+    from helpers import on_gpu
+
     model, _ = load_fixture("tiny-linear-attn")
     tokens = mx.array(np.random.default_rng(1).integers(0, 256, size=(4, 64)))
     inference = model(tokens)
     model.train()
     training = model(tokens)
-    np.testing.assert_allclose(np.array(inference), np.array(training), rtol=1e-5, atol=1e-5)
+    tol = 3e-5 if on_gpu() else 1e-5
+    np.testing.assert_allclose(np.array(inference), np.array(training), rtol=tol, atol=tol)
 
 
 def test_linear_attention_cached_generation_matches_full_forward():

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from helpers import PAIRWISE, rows_for
+from helpers import CPU_ONLY_DETERMINISM, PAIRWISE, on_gpu, rows_for
 from mlx.utils import tree_flatten
 
 from mlxth.fixtures import load_fixture
@@ -94,19 +94,21 @@ def test_lora_trains_adapters_only_and_reference_is_the_base(trainer, fixture_na
 def test_batch_equals_accumulation(trainer):
     """Batch 4 == batch 2 x 2 accumulation: per-step losses and updated weights.
 
-    Tolerance: 2e-5 relative on losses, 1e-5 absolute on weights (fp32; the
-    two differ only in summation order)."""
+    Tolerance: 2e-5 relative on losses, 1e-5 absolute on weights (fp32 on the
+    CPU; the two differ only in summation order); 1e-3 / 1e-4 on a GPU."""
+    rel, atol = (1e-3, 1e-4) if on_gpu() else (2e-5, 1e-5)
     full_model, full = _run(trainer, "tiny-llama", steps=3, batch_size=4)
     acc_model, acc = _run(trainer, "tiny-llama", steps=3, batch_size=2, grad_accumulation_steps=2)
     for a, b in zip(full, acc):
-        assert a["loss"] == pytest.approx(b["loss"], rel=2e-5, abs=1e-6)
-        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+        assert a["loss"] == pytest.approx(b["loss"], rel=rel, abs=1e-6)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=max(rel, 1e-4))
         assert a["num_tokens"] == b["num_tokens"]
     pa, pb = _params(full_model), _params(acc_model)
     for k in pa:
-        np.testing.assert_allclose(pa[k], pb[k], atol=1e-5, err_msg=k)
+        np.testing.assert_allclose(pa[k], pb[k], atol=atol, err_msg=k)
 
 
+@pytest.mark.skipif(on_gpu(), reason=CPU_ONLY_DETERMINISM)
 def test_same_seed_gives_bitwise_identical_losses(fixture_name):
     for trainer in ("dpo", "kto"):
         _, a = _run(trainer, fixture_name, steps=3)
