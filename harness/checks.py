@@ -10,13 +10,19 @@ Checks, in order (a case's failure is its first failing check):
 6. ``reproducible``    a rerun gives an identical trace where the backend promises it  (not-reproducible)
 7. ``golden``          the trace matches its golden snapshot  (golden-drift; applied by the runner)
 8. ``loss-recompute``  the reported loss equals the standard formula on the case's own log-probs (loss-mismatch)
+
+A data-parallel case (``ranks`` > 1, ``distributed.py``) adds ``ranks-agree``
+after ``completes`` (rank-divergence), and its ``completes`` may fail with
+``rank-crash``; an equivalence class (``equivalence.py``) holds each member
+against its golden member (``equivalence``: equivalence-drift).
 """
 
 import math
 
 import mlx.core as mx
 
-ORDER = ("completes", "training-mode", "finite", "updates", "analytic", "reproducible", "golden", "loss-recompute")
+ORDER = ("completes", "ranks-agree", "training-mode", "finite", "updates", "analytic", "reproducible", "golden",
+         "loss-recompute", "equivalence")
 
 EXPLANATIONS = {
     "vjp-missing": (
@@ -34,6 +40,12 @@ EXPLANATIONS = {
     "crash": "the case's process died",
     "timeout": "the case ran past its time limit",
     "exception": "the target raised an exception",
+    "rank-crash": "a data-parallel rank died; mlx.launch stopped the others",
+    "rank-divergence": "data-parallel ranks ended with different weights: a rank stepped on its own gradient",
+    "equivalence-drift": (
+        "configurations that must train identically (batch B, B/k with k accumulation steps, k ranks of B/k) "
+        "do not: a normaliser, the accumulation or the gradient averaging is wrong"
+    ),
     "import-error": "the implementation under test does not import",
 }
 
@@ -87,9 +99,11 @@ def _changed(before, after_tree):
 def updates(obs):
     from mlx.utils import tree_flatten
 
-    before, model = obs["before"], obs["model"]
+    model = obs["model"]
     after = tree_flatten(model.parameters())
-    trainable = set(obs["trainable_keys"])
+    trainable = set(obs["trainable_keys"]) | {k for k, _ in tree_flatten(model.trainable_parameters())}
+    # Tensors that appeared during training are judged from the end of step 1 on.
+    before = {**obs.get("after_first", {}), **obs["before"]}
     changed = _changed(before, after)
     moved_trainable = [k for k in changed if k in trainable]
     moved_frozen = [k for k in changed if k not in trainable]

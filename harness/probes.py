@@ -57,6 +57,8 @@ class ModeProbe:
         original_call = self._class.__call__
 
         def probed_call(module, *args, **kwargs):
+            if module is not model:  # a copy made while probing (a reference model) is not the policy
+                return original_call(module, *args, **kwargs)
             flags = [m.training for _, m in module.named_modules()]
             cache = kwargs.get("cache", args[1] if len(args) > 1 else None)
             calls.append(ForwardCall(_depth() > 0, module.training, all(flags), any(flags), cache is not None))

@@ -68,8 +68,8 @@ def _hyperparameters(run, case) -> dict:
         return {}
 
 
-def run_once(case: Case, probe: bool, recheck_step: int = 0):
-    """Take the case's steps; return (records, error, observations)."""
+def run_once(case: Case, probe: bool, recheck_step: int = 0, on_step=None):
+    """Take the case's steps; return (records, error, observations).  ``on_step(record)`` follows each step."""
     target = load_target(case.target_spec or case.target)
     model, tokenizer, rows = _load(case)
     obs = {"recomputed": None}
@@ -93,7 +93,11 @@ def run_once(case: Case, probe: bool, recheck_step: int = 0):
                     reference.set_dtype(getattr(mx, case.settings.dtype))
                 obs["recomputed"] = (k, recompute_loss(case.trainer, model, reference, run.rows_for_step(k), hp))
             record = run.step()
+            if k == 1:  # for tensors a target creates inside its first step (LoRA added by train())
+                obs["after_first"] = _snapshot(model)
             records.append({"step": k, **{key: _plain(v) for key, v in record.items() if key != "step"}})
+            if on_step is not None:
+                on_step(records[-1])
     except Exception as err:  # noqa: BLE001 - any failure of the target is this case's result
         error = {"kind": classify_exception(err), "message": f"{type(err).__name__}: {err}",
                  "step": len(records) + 1, "traceback": traceback.format_exc(limit=8)}
@@ -111,13 +115,17 @@ def _plain(value):
     return value
 
 
-def run_case(case: Case) -> dict:
+def run_case(case: Case, on_step=None, observe=None) -> dict:
+    """Run and check one case.  ``on_step(record)`` follows every step (of the rerun too);
+    ``observe(obs)`` receives the checked run's observations (its final model under ``"model"``)."""
     if "cpu" in case.interventions:
         mx.set_default_device(mx.cpu)
     env = environment()
     started = time.perf_counter()
     recheck = min(2, case.settings.steps)
-    records, error, obs = run_once(case, probe=True, recheck_step=recheck)
+    records, error, obs = run_once(case, probe=True, recheck_step=recheck, on_step=on_step)
+    if observe is not None:
+        observe(obs)
     result = {"case": case.to_dict(), "id": case.id, "environment": env, "steps": records, "checks": []}
     add = result["checks"].append
     add(checks.completes(records, error, case.settings.steps))
@@ -129,7 +137,7 @@ def run_case(case: Case) -> dict:
         tolerances = check_tolerances(env, case.settings.dtype)
         add(checks.analytic(case, records, obs["hp"], tolerances))
         if deterministic(env):
-            rerun, rerun_error, _ = run_once(case, probe=False)
+            rerun, rerun_error, _ = run_once(case, probe=False, on_step=on_step)
             add(checks.reproducible(records, rerun, rerun_error))
         else:
             add(checks.skipped("reproducible", f"{env['backend']} does not promise bitwise reruns"))

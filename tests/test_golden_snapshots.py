@@ -197,7 +197,7 @@ def test_pytest_update_writes_the_cli_bytes_and_keeps_other_goldens(case_result,
     a, b = case_result("dpo", "tiny-llama"), case_result("kto", "tiny-linear-attn")
     root = tmp_path / "snapshots"
     shutil.copytree(golden.DEFAULT_DIR, root)  # every golden of the matrix ...
-    (root / "cuda" / "reference" / "grpo").mkdir(parents=True)  # ... one of another backend, and a stray file
+    (root / "cuda" / "reference" / "grpo").mkdir(parents=True, exist_ok=True)  # ... one of another backend, and a stray file
     (root / "cuda" / "reference" / "grpo" / "tiny-llama--bf16.json").write_text('{"steps": []}\n')
     (root / "README.txt").write_text("not a golden\n")
     path_a, path_b = _path(a, root), _path(b, root)
