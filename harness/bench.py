@@ -102,7 +102,10 @@ def bench_case(case, warmup: int, steps: int) -> dict:
     for k in range(warmup + 1, warmup + steps + 1):
         record, ms = _timed(run.step)
         mx.eval(model.parameters())
-        step_rows = run.rows_for_step(k) if hasattr(run, "rows_for_step") else rows[: settings.batch_size]
+        try:
+            step_rows = run.rows_for_step(k)
+        except (AttributeError, NotImplementedError):  # the target cannot say: a batch of the same size
+            step_rows = rows[: settings.batch_size]
         batch = step_tokens(case.trainer, step_rows, tok.pad_token_id, run)
         bound_ms.append(_timed(lower, batch)[1])
         step_ms.append(ms)
@@ -130,7 +133,11 @@ def summarize(case, step_ms, bound_ms, warm_ms, tokens, peak_bytes):
 def bench(cases, warmup=2, steps=20, on_result=None):
     results = []
     for i, case in enumerate(cases, 1):
-        results.append(bench_case(case, warmup, steps))
+        try:
+            results.append(bench_case(case, warmup, steps))
+        except Exception as err:  # noqa: BLE001 - a target that cannot run is reported, the others go on
+            results.append({"id": case.id, "target": case.target, "trainer": case.trainer, "fixture": case.fixture,
+                            "variant": case.variant, "error": f"{type(err).__name__}: {err}"[:200]})
         if on_result:
             on_result(results[-1], i, len(cases))
     return {"environment": environment(), "warmup": warmup, "steps": steps, "cases": results}
@@ -154,9 +161,12 @@ def bootstrap_slowdown(baseline, current, resamples=2000, seed=0):
 
 def compare(baseline: dict, current: dict, threshold_pct: float = 10.0):
     """Gate verdicts per case present in both runs."""
-    base = {c["id"]: c for c in baseline["cases"]}
+    base = {c["id"]: c for c in baseline["cases"] if "ratios" in c}
     verdicts = []
     for case in current["cases"]:
+        if "error" in case:
+            verdicts.append({"id": case["id"], "status": "error", "detail": case["error"]})
+            continue
         if case["id"] not in base:
             verdicts.append({"id": case["id"], "status": "new", "detail": "not in the baseline"})
             continue

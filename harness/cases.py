@@ -23,6 +23,10 @@ TRAINER_SETTINGS = {
     "grpo": {"batch_size": 2, "extra": {"num_generations": 4, "max_completion_length": 8}},
 }
 
+# Per-trainer settings every data-parallel run needs: one RNG stream cannot be
+# split over ranks, so GRPO draws each prompt's group from its own key.
+DATA_PARALLEL_SETTINGS = {"grpo": {"rollout_rng": "per-prompt"}}
+
 
 @dataclass(frozen=True)
 class Case:
@@ -37,7 +41,8 @@ class Case:
 
     @property
     def id(self) -> str:
-        return f"{self.target}/{self.trainer}/{self.fixture}/{self.variant}"
+        ranks = f"/{self.settings.ranks}ranks" if self.settings.ranks > 1 else ""
+        return f"{self.target}/{self.trainer}/{self.fixture}/{self.variant}{ranks}"
 
     @property
     def dataset(self) -> str:
@@ -52,21 +57,29 @@ class Case:
                       "interventions": tuple(data.get("interventions", ()))})
 
 
-def case_settings(trainer: str, variant: str, steps: int) -> Settings:
+def case_settings(trainer: str, variant: str, steps: int, ranks: int = 1) -> Settings:
+    """A case's settings; with ``ranks`` > 1 the case's batch is split over the ranks (the
+    same global step, so the single-process golden still applies)."""
     settings = Settings(steps=steps)
     per_trainer = TRAINER_SETTINGS.get(trainer, {})
     settings = replace(settings, **{k: v for k, v in per_trainer.items() if k != "extra"})
     settings.extra = dict(per_trainer.get("extra", {}))
-    return replace(settings, **VARIANTS[variant])
+    settings = replace(settings, **VARIANTS[variant])
+    if ranks > 1:
+        if settings.batch_size % ranks:
+            raise ValueError(f"{trainer}: a batch of {settings.batch_size} cannot be split over {ranks} ranks")
+        settings = replace(settings, batch_size=settings.batch_size // ranks, ranks=ranks)
+        settings.extra.update(DATA_PARALLEL_SETTINGS.get(trainer, {}))
+    return settings
 
 
-def build_matrix(target, trainers=(), fixtures=(), variants=(), steps=3, spec=""):
+def build_matrix(target, trainers=(), fixtures=(), variants=(), steps=3, spec="", ranks=1):
     """The cases for one target; empty filters mean everything the target offers."""
     trainers = trainers or tuple(t for t in TRAINERS if t in target.trainers())
     fixtures = fixtures or FIXTURES
     variants = variants or DEFAULT_VARIANTS
     return [
-        Case(target.name, t, f, v, case_settings(t, v, steps), spec or target.name)
+        Case(target.name, t, f, v, case_settings(t, v, steps, ranks), spec or target.name)
         for t in trainers
         for f in fixtures
         for v in variants

@@ -48,7 +48,7 @@ def main():
 
 @main.command("list")
 def list_command():
-    """List targets, trainers, fixtures and variants."""
+    """List targets, trainers, fixtures, variants and equivalence classes."""
     rows = []
     for name in sorted(registered_targets()):
         try:
@@ -61,12 +61,24 @@ def list_command():
     click.echo("trainers: " + ", ".join(TRAINERS))
     click.echo("fixtures: " + ", ".join(FIXTURES))
     click.echo("variants: " + ", ".join(f"{k}{' (default)' if k in DEFAULT_VARIANTS else ''}" for k in VARIANTS))
+    from .equivalence import CLASSES, TOLERANCES
+
+    click.echo()
+    click.echo("equivalence classes (the first member is the golden):")
+    for cls in CLASSES.values():
+        click.echo(f"  {cls.name}: {cls.describe()}")
+    rows = [[t, f"{tol.rtol:g}", f"{tol.atol:g}", f"{tol.weights:g}"] for t, tol in TOLERANCES.items()]
+    click.echo(tabulate(rows, headers=["trainer", "rtol", "atol", "weights (x largest update)"]))
 
 
-def filter_options(func):
+def filter_options(func=None, *, multi_target=False):
+    if func is None:
+        return lambda f: filter_options(f, multi_target=multi_target)
     options = [
-        click.option("--target", default="reference", show_default=True,
-                     help="Target name (entry point) or import spec module:object / file.py:object."),
+        click.option("--target", default=("reference",) if multi_target else "reference", show_default=True,
+                     multiple=multi_target,
+                     help="Target name (entry point) or import spec module:object / file.py:object"
+                          + (" (repeat to compare targets side by side)." if multi_target else ".")),
         click.option("--trainer", "trainers", multiple=True, help="Trainer(s) to run; default all."),
         click.option("--fixture", "fixtures", multiple=True, help="Fixture(s) to run; default all."),
         click.option("--variant", "variants", multiple=True, help="Variant(s); default fp32."),
@@ -75,6 +87,17 @@ def filter_options(func):
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def _use_library_version(target_obj, version):
+    """Workers of this command import ``version`` of the target's library."""
+    from .sweep import VersionError, library_version
+
+    try:
+        click.get_current_context().with_resource(library_version(target_obj, version))
+    except VersionError as err:
+        _fail_usage(str(err))
+    click.echo(f"{target_obj.name}: using release {version}")
 
 
 def select_cases(target, trainers, fixtures, variants, steps):
@@ -97,10 +120,30 @@ def select_cases(target, trainers, fixtures, variants, steps):
 @click.option("--strict", is_flag=True, help="A case without a golden is a configuration error (exit 2).")
 @click.option("--jobs", default=min(2, os.cpu_count() or 1), show_default=True, type=click.IntRange(1, 64))
 @click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True, type=float, help="Seconds per case.")
+@click.option("--ranks", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Data-parallel ranks per case (mlx.launch); the case's batch is split over them and the "
+                   "trace held to the single-process golden within the equivalence tolerance. --jobs counts "
+                   "processes: jobs // ranks cases run at once.")
+@click.option("--target-version", help="Run against this released version of the target's library "
+                                       "(installed from PyPI into a throw-away folder).")
 def run_command(target, trainers, fixtures, variants, steps, reports_dir, snapshots_dir, update_snapshots,
-                strict, jobs, timeout):
+                strict, jobs, timeout, ranks, target_version):
     """Run the case matrix, check every case, and write reports."""
     target_obj, cases = select_cases(target, trainers, fixtures, variants, steps)
+    if target_version:
+        _use_library_version(target_obj, target_version)
+    if ranks > 1:
+        if update_snapshots:
+            _fail_usage("--update-snapshots records single-process goldens; run it without --ranks")
+        from dataclasses import replace
+
+        from .cases import case_settings
+
+        try:
+            cases = [replace(c, settings=case_settings(c.trainer, c.variant, steps, ranks)) for c in cases]
+        except ValueError as err:
+            _fail_usage(f"--ranks {ranks}: {err}")
+        jobs = max(1, jobs // ranks)
     env = environment()
     key = getattr(target_obj, "golden_key", target_obj.name)
     if strict and not update_snapshots:
@@ -111,7 +154,9 @@ def run_command(target, trainers, fixtures, variants, steps, reports_dir, snapsh
 
     started = time.perf_counter()
     run_id = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
-    click.echo(f"harness run {run_id}: {len(cases)} case(s), {jobs} job(s), {env['backend']} ({env['device']})")
+    per_case = f" of {ranks} ranks" if ranks > 1 else ""
+    click.echo(f"harness run {run_id}: {len(cases)} case(s){per_case}, {jobs} job(s), {env['backend']} "
+               f"({env['device']})")
 
     def progress(result, done, total):
         click.echo(f"[{done:>{len(str(total))}}/{total}] {result['status']:<5} {result['id']} "
@@ -131,7 +176,7 @@ def run_command(target, trainers, fixtures, variants, steps, reports_dir, snapsh
 
 
 @main.command("bench")
-@filter_options
+@filter_options(multi_target=True)
 @click.option("--warmup", default=2, show_default=True, type=click.IntRange(0, 100), help="Untimed steps first.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the results here.")
 @click.option("--compare", "baseline_path", type=click.Path(exists=True, dir_okay=False),
@@ -150,20 +195,29 @@ def bench_command(target, trainers, fixtures, variants, steps, warmup, json_path
             baseline["cases"]
         except (ValueError, KeyError, TypeError) as err:
             _fail_usage(f"--compare {baseline_path}: not a harness bench JSON ({err})")
-    _, cases = select_cases(target, trainers, fixtures, variants, steps)
+    per_target = [select_cases(t, trainers, fixtures, variants, steps)[1] for t in target]
+    # Side by side: each trainer x fixture x variant runs on every target before the next.
+    cases = [c for group in zip(*[_by_key(cs) for cs in per_target]) for c in group if c is not None]
     env = environment()
     click.echo(f"harness bench: {len(cases)} case(s), {warmup} warm-up + {steps} timed steps, "
                f"{env['backend']} ({env['device']})")
 
     def progress(result, done, total):
-        click.echo(f"[{done}/{total}] {result['id']}: {result['median_ms']:.1f} ms/step, ratio {result['ratio']:.2f}")
+        if "error" in result:
+            click.echo(f"[{done}/{total}] {result['id']}: error: {result['error']}")
+        else:
+            click.echo(f"[{done}/{total}] {result['id']}: {result['median_ms']:.1f} ms/step, "
+                       f"ratio {result['ratio']:.2f}")
 
     results = bench_mod.bench(cases, warmup=warmup, steps=steps, on_result=progress)
     rows = [[c["id"], f"{c['median_ms']:.1f}", f"{c['p90_ms']:.1f}", f"{c['iqr_ms']:.1f}", f"{c['tokens_per_s']:.0f}",
              f"{c['peak_memory_mb']:.1f}", f"{c['warmup_s']:.2f}", f"{c['lower_bound_ms']:.1f}", f"{c['ratio']:.2f}"]
-            for c in results["cases"]]
+            if "error" not in c else [c["id"], "error"] + [""] * 7 for c in results["cases"]]
     click.echo(tabulate(rows, headers=["case", "median ms", "p90 ms", "IQR ms", "tokens/s", "peak MB",
                                        "warm-up s", "lower bound ms", "ratio"]))
+    if len(target) > 1:
+        click.echo()
+        click.echo(side_by_side(results["cases"], target))
     if json_path:
         golden.write_atomic(Path(json_path), json.dumps(results, indent=1) + "\n")
     if baseline is None:
@@ -172,6 +226,22 @@ def bench_command(target, trainers, fixtures, variants, steps, warmup, json_path
     click.echo()
     click.echo(tabulate([[v["id"], v["status"], v["detail"]] for v in verdicts], headers=["case", "gate", "detail"]))
     sys.exit(1 if any(v["status"] == "slower" for v in verdicts) else 0)
+
+
+def _by_key(cases):
+    """Cases in matrix order, keyed so that targets line up (a target lacking a trainer gets None)."""
+    index = {(c.trainer, c.fixture, c.variant): c for c in cases}
+    return [index.get((t, f, v)) for t in TRAINERS for f in FIXTURES for v in VARIANTS]
+
+
+def side_by_side(results, targets):
+    names = [load_target(t).name for t in targets]
+    table = {}
+    for r in results:
+        table.setdefault((r["trainer"], r["fixture"], r["variant"]), {})[r["target"]] = r.get("median_ms")
+    rows = [[tr, fx, v] + [("error" if row[n] is None else f"{row[n]:.1f}") if n in row else "-" for n in names]
+            for (tr, fx, v), row in table.items()]
+    return tabulate(rows, headers=["trainer", "fixture", "variant"] + [f"{n} ms/step" for n in names])
 
 
 @main.command("triage")
@@ -202,6 +272,52 @@ def triage_command(target, trainer, fixture, variant, steps, snapshots_dir, time
     click.echo()
     click.echo(triage_mod.diagnosis(original, rungs))
     sys.exit(0 if any(r["flips"] for r in rungs) else 1)
+
+
+@main.command("conformance")
+@click.option("--target", required=True, help="Target name (entry point) or import spec.")
+@click.option("--trainer", "trainers", multiple=True, help="Trainer(s); default all the target offers.")
+@click.option("--fixture", "fixtures", multiple=True, help="Fixture(s); default all.")
+@click.option("--reports", "reports_dir", default="reports", show_default=True, type=click.Path(file_okay=False))
+@click.option("--target-version", help="Probe this released version of the target's library.")
+def conformance_command(target, trainers, fixtures, reports_dir, target_version):
+    """Probe a target library for deviations from the standard definitions.
+
+    Loss agreement (which term differs), batch-size consistency and config
+    fields that change nothing; findings listed in
+    snapshots/expected_findings.json are reported as expected and do not fail.
+    """
+    import json
+    import subprocess
+    import tempfile
+
+    target_obj, _ = select_cases(target, trainers, fixtures, (), 1)
+    if target_version:
+        _use_library_version(target_obj, target_version)
+    with tempfile.TemporaryDirectory(prefix="mlxth-conformance-") as tmp:
+        out = Path(tmp) / "outcomes.json"
+        cmd = [sys.executable, "-m", "mlxth.harness.conformance", "--target", target, "--json", str(out)]
+        for flag, values in (("--trainer", trainers), ("--fixture", fixtures)):
+            for value in values:
+                cmd += [flag, value]
+        proc = subprocess.run(cmd, cwd=tmp, text=True, capture_output=True)  # a fresh process: the version applies
+        if not out.exists():
+            _fail_usage(f"conformance could not run: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+        outcomes = json.loads(out.read_text())
+    click.echo(proc.stdout.rstrip())
+    findings = [o for o in outcomes if o["status"] in ("expected", "unexpected")]
+    run_id = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+    folder = Path(reports_dir) / run_id
+    golden.write_atomic(folder / "conformance.json", json.dumps(
+        {"run_id": run_id, "target": target, "environment": environment(), "outcomes": outcomes}, indent=1,
+        default=str) + "\n")
+    lines = [f"# conformance of {target} ({findings[0]['version'] if findings else target_version or ''})", ""]
+    for f in findings:
+        lines.append(f"- **{f['trainer']} / {f['fixture']} / {f['probe']}** ({f['status']}): {f['statement']}  ")
+        lines.append(f"  evidence: `{json.dumps(f['evidence'], default=str)[:400]}`")
+    golden.write_atomic(folder / "conformance.md", "\n".join(lines) + "\n")
+    click.echo(f"report in {folder}")
+    sys.exit(proc.returncode if proc.returncode in (0, 1) else 2)
 
 
 @main.command("bisect")

@@ -14,7 +14,11 @@ Tolerance policy (the only place it is stated):
   another CPU model (vector code paths may sum in another order);
 * rtol 1e-3, atol 1e-5: fp32 on a GPU backend (reductions are not promised
   to be deterministic; CUDA may use TF32);
-* rtol 2e-2, atol 1e-3: bf16 anywhere.
+* rtol 2e-2, atol 1e-3: bf16 anywhere;
+* a data-parallel run (``harness run --ranks K``) against its single-process
+  golden: it is a member of the golden's equivalence class, held to the
+  trainer's class tolerance, stated (with the measurements behind it) in
+  ``equivalence.py`` (``golden_check``; ``runner.apply_golden`` picks it).
 
 The same place states the tolerances of the two other numeric checks
 (``check_tolerances``): the closed-form first-step value (analytic) and the

@@ -2,6 +2,8 @@
 
 from dataclasses import asdict, fields
 
+import mlx.core as mx
+
 from mlxth.fixtures.rewards import DEFAULT_REWARDS
 from mlxth.trainers import SPECS, make_trainer
 from mlxth.trainers.core import step_batches
@@ -24,11 +26,16 @@ class ReferenceRun:
     def __init__(self, trainer, model, tokenizer, rows, settings):
         config = trainer_config(trainer, settings)
         kwargs = {"reward_funcs": DEFAULT_REWARDS} if trainer == "grpo" else {}
+        ranks = getattr(settings, "ranks", 1)
+        if ranks > 1:  # launched by mlx.launch: the process group is already up
+            kwargs["group"] = mx.distributed.init()
+            if kwargs["group"].size() != ranks:
+                raise ValueError(f"settings ask for {ranks} ranks, the process group has {kwargs['group'].size()}")
         self.trainer = make_trainer(SPECS[trainer], model, config, tokenizer, **kwargs)
         if config.precompute_reference:
             self.trainer.precompute_reference(rows)
         per = self.trainer.steps_per_batch
-        batches = step_batches(rows, config, -(-settings.steps // per))
+        batches = step_batches(rows, config, -(-settings.steps // per), world_size=ranks)
         self._schedule = [micro for micro in batches for _ in range(per)][: settings.steps]
         self._next = 0
 

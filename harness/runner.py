@@ -51,17 +51,30 @@ def run_in_worker(case, timeout: float, workdir: Path) -> dict:
                          duration)
 
 
+def _run_one(case, timeout: float, workdir: Path) -> dict:
+    if case.settings.ranks > 1:  # data parallel: the ranks start through mlx.launch
+        from .distributed import run_ranks
+
+        return run_ranks(case, timeout, workdir)
+    return run_in_worker(case, timeout, workdir)
+
+
 def apply_golden(result: dict, root: Path, golden_key: str, update: bool) -> dict:
     """Add the golden check (7) to a result; with ``update``, (re)write the golden of a passing case."""
     if result["status"] == "error":
         return result
     case = result["case"]
+    update = update and case["settings"].get("ranks", 1) == 1  # goldens are single-process traces
     path = golden.golden_path(root, result["environment"]["backend"], golden_key, case["trainer"],
                               case["fixture"], case["variant"])
     others_pass = result["status"] == "pass"
     if update and others_pass:
         golden.write_atomic(path, golden.dumps(golden.trace_of(result)))
         check = {"name": "golden", "status": "pass", "kind": None, "detail": f"written to {path}"}
+    elif path.exists() and case["settings"].get("ranks", 1) > 1:
+        from .equivalence import golden_check  # a data-parallel run is a member of the golden's class
+
+        check = golden_check(golden.read(path), result)
     elif path.exists():
         check = golden.compare(golden.read(path), result)
     else:
@@ -78,7 +91,7 @@ def run_cases(cases, *, jobs=1, timeout=DEFAULT_TIMEOUT, snapshots=golden.DEFAUL
     """Run ``cases`` (``jobs`` at a time); return their results in the cases' order."""
     results = {}
     with tempfile.TemporaryDirectory(prefix="mlxth-") as tmp, ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(run_in_worker, case, timeout, Path(tmp)): case for case in cases}
+        futures = {pool.submit(_run_one, case, timeout, Path(tmp)): case for case in cases}
         for future in as_completed(futures):
             case = futures[future]
             result = apply_golden(future.result(), Path(snapshots), golden_key or case.target, update)

@@ -45,6 +45,9 @@ class Settings:
     lora_rank: int = 0
     compile: bool = False
     dtype: str = "float32"
+    # Data-parallel ranks (launched with mlx.launch); ``batch_size`` is per rank, so a
+    # step holds batch_size x grad_accumulation_steps x ranks rows.
+    ranks: int = 1
     # Trainer-specific hyper-parameters (beta, loss_type, ...), passed through.
     extra: dict = field(default_factory=dict)
 

@@ -80,6 +80,8 @@ def run_once(case: Case, probe: bool, recheck_step: int = 0, on_step=None):
     for ctx in forced + ([probe_ctx] if probe_ctx else []):
         ctx.__enter__()
     try:
+        if hasattr(target, "version"):
+            obs["target_version"] = target.version()
         run = target.prepare(case.trainer, model, tokenizer, rows, case.settings)
         obs["trainable_keys"] = [k for k, _ in tree_flatten(model.trainable_parameters())]
         obs["before"] = _snapshot(model)
@@ -127,6 +129,8 @@ def run_case(case: Case, on_step=None, observe=None) -> dict:
     if observe is not None:
         observe(obs)
     result = {"case": case.to_dict(), "id": case.id, "environment": env, "steps": records, "checks": []}
+    if obs.get("target_version"):
+        result["target_version"] = obs["target_version"]
     add = result["checks"].append
     add(checks.completes(records, error, case.settings.steps))
     if obs.get("probe") is not None:

@@ -60,7 +60,10 @@ class TrainerSpec:
     collate: Callable  # (rows, config, pad_id) -> batch dict
     objective: Callable  # (model, batch, ref, stats, config) -> (loss, metrics)
     reference_outputs: Optional[Callable] = None  # (ref_model, batch, config) -> dict
-    step_stats: Optional[Callable] = None  # (policy, reference, micro_rows, batches, config, pad_id) -> dict
+    # (policy, reference, step_rows, batches, config, pad_id, dp=DataParallel) -> dict: step_rows is the
+    # whole step's micro-batch rows (every rank's), batches this rank's collated micro-batches; a
+    # statistic that normalises the loss must be global (dp.all_sum), see DataParallel.
+    step_stats: Optional[Callable] = None
     needs_reference: bool = False
     trainer_class: Optional[type] = None  # defaults to Trainer
 
@@ -309,12 +312,19 @@ class Trainer:
         return {k: mx.stack([c[k] for c in cached]) for k in cached[0]}
 
     def step(self, micro_rows) -> dict:
-        """One optimizer step over ``micro_rows`` (a list of micro-batch row lists)."""
-        spec, config, model = self.spec, self.config, self.model
+        """One optimizer step over ``micro_rows`` (a list of micro-batch row lists).
+
+        ``micro_rows`` is the whole step, every rank's; under data parallelism
+        this rank trains on its shard and the normalisers are global.
+        """
+        spec, config, model, dp = self.spec, self.config, self.model, self.dp
+        step_rows, micro_rows = micro_rows, dp.shard(micro_rows)
         batches = [spec.collate(rows, config, self.pad_id) for rows in micro_rows]
-        stats = {"num_examples": sum(len(r) for r in micro_rows)}
+        stats = {"num_examples": dp.count(sum(len(r) for r in micro_rows))}
         if spec.step_stats is not None:
-            stats.update(spec.step_stats(model, self.reference, micro_rows, batches, config, self.pad_id))
+            stats.update(spec.step_stats(model, self.reference, step_rows, batches, config, self.pad_id, dp=dp))
+            if dp.active:  # settle the statistics' collectives now, in the same order on every rank
+                mx.eval([v for v in stats.values() if isinstance(v, mx.array)])
         refs = [None] * len(batches)
         if getattr(self, "_reference_cache", None) is not None:
             refs = [self._cached_reference(rows) for rows in micro_rows]
@@ -323,23 +333,37 @@ class Trainer:
                 refs = [spec.reference_outputs(ref_model, b, config) for b in batches]
         return self.optimize(batches, refs, stats)
 
+    def _all_reduce(self, loss, grads, metrics, num_tokens):
+        """The global loss, gradient, metrics and token count from every rank's (see DataParallel)."""
+        dp = self.dp
+        grads = dp.average_gradients(grads)
+        keys = sorted(metrics)
+        local = [loss / dp.size, *(metrics[k] for k in keys), mx.array(num_tokens)]
+        total = dp.all_sum(mx.stack([mx.array(v).astype(mx.float32) for v in local]))
+        return total[0], grads, {k: total[i + 1] for i, k in enumerate(keys)}, int(total[-1].item())
+
     def optimize(self, batches, refs, stats) -> dict:
         """Accumulate gradients over ``batches`` and take one optimizer step."""
         spec, model = self.spec, self.model
         self.step_count += 1
         model.train()  # the training-mode contract: every gradient is taken in training mode
         loss, grads, metrics = 0.0, None, {}
+        rows = sum(b["inputs"].shape[0] for b in batches)
+        rows = self.dp.count(rows)  # micro-batch metrics are weighted over the whole (global) step
         for batch, ref in zip(batches, refs):
             (micro_loss, micro_metrics), micro_grads = self._grad_fn(
                 {k: v for k, v in batch.items() if isinstance(v, mx.array)}, ref, stats
             )
             loss = loss + micro_loss
             grads = micro_grads if grads is None else tree_map(mx.add, grads, micro_grads)
-            weight = batch["inputs"].shape[0] / sum(b["inputs"].shape[0] for b in batches)
+            weight = batch["inputs"].shape[0] / rows
             for k, v in micro_metrics.items():
                 metrics[k] = metrics.get(k, 0.0) + weight * v
             if len(batches) > 1:  # keep one micro-batch's graph in memory at a time
                 mx.eval(loss, grads)
+        num_tokens = sum(b["num_tokens"] for b in batches)
+        if self.dp.active:
+            loss, grads, metrics, num_tokens = self._all_reduce(loss, grads, metrics, num_tokens)
         mx.eval(loss, grads)  # checked before it can reach the weights
         loss_value = loss.item()
         _check_finite(spec.name, self.step_count, "loss", loss_value)
@@ -352,7 +376,7 @@ class Trainer:
             )
         record = {"step": self.step_count, "loss": loss_value, "grad_norm": norm.item()}
         record["learning_rate"] = float(self.optimizer.learning_rate.item())
-        record["num_tokens"] = int(sum(b["num_tokens"] for b in batches))
+        record["num_tokens"] = int(num_tokens)
         for k, v in metrics.items():
             record[k] = float(v.item())
             _check_finite(spec.name, self.step_count, k, record[k])
@@ -367,7 +391,8 @@ def train(spec: TrainerSpec, model, rows, config, tokenizer, steps: int, on_step
     """Train ``steps`` optimizer steps; return the per-step records.
 
     ``kwargs`` go to the trainer (``reference_model``; ``reward_funcs`` for
-    GRPO).  The model's training flag is restored on return.
+    GRPO; ``group``, an ``mx.distributed`` group, for data parallelism).
+    The model's training flag is restored on return.
     """
     was_training = model.training
     trainer = make_trainer(spec, model, config, tokenizer, **kwargs)
@@ -376,7 +401,7 @@ def train(spec: TrainerSpec, model, rows, config, tokenizer, steps: int, on_step
     per = trainer.steps_per_batch
     records = []
     try:
-        for micro_rows in step_batches(rows, config, -(-steps // per)):
+        for micro_rows in step_batches(rows, config, -(-steps // per), world_size=trainer.dp.size):
             for _ in range(min(per, steps - len(records))):
                 records.append(trainer.step(micro_rows))
                 if on_step is not None:

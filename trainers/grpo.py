@@ -11,6 +11,7 @@ is the point of this trainer as a fixture.
 from dataclasses import dataclass, field
 
 import mlx.core as mx
+import numpy as np
 from mlx_lm.models.cache import make_prompt_cache
 
 from .batching import pad_sequences, token_logps
@@ -30,13 +31,18 @@ class GRPOConfig(TrainConfig):
     loss_type: str = field(default="grpo", metadata={"help": "grpo, bnpo, dr_grpo or dapo."})
     scale_rewards: str = field(default="group", metadata={"help": "group, batch or none."})
     num_iterations: int = field(default=1, metadata={"help": "Optimizer steps per generation batch (mu)."})
+    rollout_rng: str = field(default="stream", metadata={"help": (
+        "stream: one RNG stream over the generation batch; per-prompt: each prompt's group drawn from its "
+        "own key (seed, generation batch, the prompt's place in the step), so completions do not depend on "
+        "which rank or micro-batch generates them. Data parallelism needs per-prompt.")})
 
 
-def generate_group(model, prompt_ids, config, eos_id: int):
+def generate_group(model, prompt_ids, config, eos_id: int, key=None):
     """Sample ``num_generations`` completions of one prompt with a KV cache.
 
     Returns a list of token-id lists, each ending at (and including) eos when
-    eos was sampled.  The caller sets the model's mode.
+    eos was sampled.  The caller sets the model's mode.  ``key``: draw from
+    this PRNG key instead of the global random state.
     """
     G = config.num_generations
     cache = make_prompt_cache(model)
@@ -45,8 +51,11 @@ def generate_group(model, prompt_ids, config, eos_id: int):
     for _ in range(config.max_completion_length):
         if config.temperature == 0:
             nxt = mx.argmax(logits, axis=-1)
-        else:
+        elif key is None:
             nxt = mx.random.categorical(logits.astype(mx.float32) / config.temperature)
+        else:
+            key, sub = mx.random.split(key)
+            nxt = mx.random.categorical(logits.astype(mx.float32) / config.temperature, key=sub)
         tokens.append(nxt)
         done = done | (nxt == eos_id)
         mx.eval(nxt, done)
@@ -58,26 +67,54 @@ def generate_group(model, prompt_ids, config, eos_id: int):
 
 
 class GRPOTrainer(Trainer):
-    def __init__(self, spec, model, config, tokenizer, reference_model=None, reward_funcs=None):
+    def __init__(self, spec, model, config, tokenizer, reference_model=None, reward_funcs=None, group=None):
         if not reward_funcs:
             raise ValueError("grpo: at least one reward function is needed, as (callable, weight) pairs")
+        if config.rollout_rng not in ("stream", "per-prompt"):
+            raise ValueError(f"grpo: unknown rollout_rng {config.rollout_rng!r}; expected 'stream' or 'per-prompt'")
+        if group is not None and group.size() > 1 and config.rollout_rng != "per-prompt":
+            raise ValueError("grpo: data-parallel rollouts need rollout_rng='per-prompt' (one RNG stream "
+                             "cannot be split over ranks)")
         self.reward_funcs = list(reward_funcs)
         self.tokenizer = tokenizer
         spec = spec if config.beta > 0 else TrainerSpec(**{**spec.__dict__, "needs_reference": False})
-        super().__init__(spec, model, config, tokenizer, reference_model)
+        super().__init__(spec, model, config, tokenizer, reference_model, group=group)
         self._rows, self._batches, self._rollout_metrics = None, None, None
+        self._generation = 0  # generation batches so far (keys of per-prompt rollouts)
 
     @property
     def steps_per_batch(self):
         return self.config.num_iterations
 
+    def _prompt_keys(self, first: int):
+        """PRNG keys of consecutive prompts of this generation batch from global index ``first``
+        (None for ``rollout_rng='stream'``, which draws from the global random state)."""
+        index = first
+        while True:
+            if self.config.rollout_rng == "stream":
+                yield None
+            else:
+                seed = np.random.SeedSequence([self.config.seed, self._generation, index]).generate_state(1)[0]
+                yield mx.random.key(int(seed))
+            index += 1
+
     def rollout(self, micro_rows):
-        """Generate, score and prepare every micro-batch of one generation batch."""
-        cfg, model, tok = self.config, self.model, self.tokenizer
+        """Generate, score and prepare every micro-batch of one generation batch.
+
+        ``micro_rows`` is the whole generation batch.  Under data parallelism
+        this rank generates the groups of its shard of the prompts (whole
+        groups), and the rewards are gathered, so advantages and metrics are
+        those of the whole batch.
+        """
+        cfg, model, tok, dp = self.config, self.model, self.tokenizer, self.dp
+        self._generation += 1
+        first = dp.rank * (sum(len(rows) for rows in micro_rows) // dp.size)  # global index of our first prompt
+        micro_rows = dp.shard(micro_rows)
+        keys = self._prompt_keys(first)
         was_training = model.training
         model.eval()  # generate in inference mode, as users do
         eos = tok.eos_token_id
-        groups = [[generate_group(model, r["prompt_ids"], cfg, eos) for r in rows] for rows in micro_rows]
+        groups = [[generate_group(model, r["prompt_ids"], cfg, eos, next(keys)) for r in rows] for rows in micro_rows]
         model.train(was_training)
 
         all_rows = [r for rows in micro_rows for r in rows]
@@ -88,11 +125,17 @@ class GRPOTrainer(Trainer):
             per_func.append(
                 [fn(row["prompt"], text, row) for row, text in zip(_repeat(all_rows, cfg.num_generations), texts)]
             )
+        lengths = [len(c) for c in all_completions]
+        if dp.active:  # the whole batch's values, in rank order (the single-process order)
+            per_func = [dp.all_gather(mx.array(v, dtype=mx.float32)).tolist() for v in per_func]
+            lengths = dp.all_gather(mx.array(lengths)).tolist()
         rewards = sum(w * mx.array(v, dtype=mx.float32) for (_, w), v in zip(self.reward_funcs, per_func))
         advantages, zero_std = group_advantages(rewards, cfg.num_generations, cfg.scale_rewards)
+        if dp.active:
+            n = len(all_completions)
+            advantages = advantages[dp.rank * n : (dp.rank + 1) * n]
 
         self.last_completions = all_completions
-        lengths = [len(c) for c in all_completions]
         metrics = {
             "reward": rewards.mean().item(),
             "reward_std": mx.std(rewards.reshape(-1, cfg.num_generations), axis=1, ddof=1).mean().item(),
@@ -130,11 +173,13 @@ class GRPOTrainer(Trainer):
         if micro_rows is not self._rows:
             self._rows = micro_rows
             self._batches, self._rollout_metrics = self.rollout(micro_rows)
-        batches = self._batches
+        batches, dp = self._batches, self.dp
         stats = {
-            "num_sequences": sum(b["inputs"].shape[0] for b in batches),
-            "num_tokens": sum(b["mask"].sum() for b in batches),
+            "num_sequences": dp.count(sum(b["inputs"].shape[0] for b in batches)),
+            "num_tokens": dp.all_sum(sum(b["mask"].sum() for b in batches)),
         }
+        if dp.active:
+            mx.eval(stats["num_tokens"])
         record = self.optimize(batches, [None] * len(batches), stats)
         record.update(self._rollout_metrics)
         return record

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 
-from .batching import mismatched_batch, sequence_logps, unpaired_batch
+from .batching import mismatched_batch, pad_sequences, sequence_logps, unpaired_batch
 from .core import TrainConfig, TrainerSpec
 from .losses import kto_loss, kto_reference_point
 
@@ -27,14 +27,24 @@ def collate(rows, config, pad_id):
     return unpaired_batch(rows, pad_id)
 
 
-def step_stats(policy, reference, micro_rows, batches, config, pad_id):
-    mismatched = mismatched_batch([r for rows in micro_rows for r in rows], pad_id)
+def step_stats(policy, reference, micro_rows, batches, config, pad_id, dp=None):
+    rows = [r for rows in micro_rows for r in rows]  # the whole step's, every rank's
+    if dp is not None and dp.active:
+        # This rank scores its share of the step's mismatched pairs; z is their global mean.
+        pairs = dp.shard(list(zip(rows, rows[-1:] + rows[:-1])))
+        prompts, completions = [r["prompt_ids"] for r, _ in pairs], [c["completion_ids"] for _, c in pairs]
+        mismatched = pad_sequences(prompts, completions, pad_id)
+    else:
+        mismatched = mismatched_batch(rows, pad_id)
     with reference.active() as ref_model:
         ref_logps = sequence_logps(ref_model, mismatched)
     was_training = policy.training
     policy.eval()
     policy_logps = sequence_logps(policy, mismatched)
     policy.train(was_training)
+    if dp is not None and dp.active:
+        kl = dp.all_sum((policy_logps - ref_logps).sum()) / len(rows)
+        return {"kl": mx.stop_gradient(mx.maximum(kl, 0.0))}
     return {"kl": kto_reference_point(policy_logps, ref_logps)}
 
 

@@ -17,9 +17,10 @@ def collate(rows, config, pad_id):
     return pair_batch(rows, pad_id)
 
 
-def step_stats(policy, reference, micro_rows, batches, config, pad_id):
-    # The NLL is token-weighted over the whole step, so micro-batches need the total.
-    return {"num_chosen_tokens": sum(split_pairs(b["lengths"])[0].sum() for b in batches)}
+def step_stats(policy, reference, micro_rows, batches, config, pad_id, dp=None):
+    # The NLL is token-weighted over the whole step, so micro-batches (and ranks) need the total.
+    tokens = sum(split_pairs(b["lengths"])[0].sum() for b in batches)
+    return {"num_chosen_tokens": tokens if dp is None else dp.all_sum(tokens)}
 
 
 def objective(model, batch, ref, stats, config):
