@@ -8,7 +8,7 @@ weights within the trainer's stated tolerance.  The one class so far:
     batch B  ==  batch B/k x k accumulation steps  ==  k ranks x batch B/k
 
 (``split_class``; data parallelism through ``mlx.launch``, see
-``distributed.py``; the reference core's scheme is ``trainers.core.DataParallel``).
+``distributed.py``; the reference core's scheme is ``trainers.parallel.DataParallel``).
 
 Why the members are not bit-identical, and so why a tolerance: batch B pads
 and multiplies one batch where the others handle two, so log-probs differ in

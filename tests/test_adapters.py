@@ -19,6 +19,7 @@ from mlxth.harness import conformance  # noqa: E402
 from mlxth.harness.adapters import StepLoop, resolve_hyperparameters  # noqa: E402
 from mlxth.harness.cases import Case, case_settings  # noqa: E402
 from mlxth.harness.target import Settings, load_target  # noqa: E402
+from mlxth.harness.target_session import _settings  # noqa: E402
 from mlxth.harness.worker import run_case  # noqa: E402
 
 
@@ -101,7 +102,7 @@ def test_mlx_tune_dpo_runs_every_check_and_misses_the_eos_token(mlx_tune):
     assert abs(result["steps"][0]["loss"] - math.log(2)) < 1e-6
     # ... but at step 2 it scores completions without their EOS token (the conformance probe names it).
     finding, evidence = conformance.probe_loss_agreement(
-        load_target(mlx_tune), "dpo", "tiny-llama", conformance._settings("dpo", 2), 4)
+        load_target(mlx_tune), "dpo", "tiny-llama", _settings("dpo", 2), 4)
     assert finding[0] == "scope=completion"
     assert abs(evidence["steps"][1]["reported"] - evidence["steps"][1]["reproduced"]) < 1e-6
 
@@ -115,7 +116,7 @@ def test_mlx_tune_kto_reports_ln2_where_kto_is_one_half(mlx_tune):
 
 def test_mlx_tune_simpo_diagnosis_names_the_terms(mlx_tune):
     finding, _ = conformance.probe_loss_agreement(
-        load_target(mlx_tune), "simpo", "tiny-llama", conformance._settings("simpo", 2), 4)
+        load_target(mlx_tune), "simpo", "tiny-llama", _settings("simpo", 2), 4)
     assert finding[0] == "scope=sequence+denominator=seqlen+margin=minus-beta-gamma"
 
 
@@ -143,7 +144,7 @@ def test_mlx_lm_lora_grpo_passes_every_check(mlx_lm_lora):
 
 
 def test_mlx_lm_lora_dpo_loss_type_in_its_args_changes_nothing(mlx_lm_lora):
-    base = conformance._settings("dpo", 2, extra={"cpu_device_info_shim": True})
+    base = _settings("dpo", 2, extra={"cpu_device_info_shim": True})
     out = conformance.probe_dead_config(load_target(mlx_lm_lora), "dpo", "tiny-llama", base,
                                         [("beta", 0.5), ("loss_type", "hinge")])
     (_, _, beta, _), (_, _, hinge, evidence) = out
