@@ -3,6 +3,9 @@
 Inputs are built in float32 first; MLX gets those fp32 arrays, numpy gets the
 very same values cast to float64 (``harness/formulas.py``), so differences
 measure only the loss arithmetic.
+
+Over 400 lines on purpose: one parametrized block per loss and its edge
+cases, kept together so a reader sees every case a loss is held to.
 """
 
 import math
