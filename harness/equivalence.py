@@ -116,14 +116,11 @@ TOLERANCES = {
 }
 DEFAULT_TOLERANCE = Tolerance(rtol=2e-5, atol=5e-6, weights=1e-2)
 
-# Metrics that are means within a micro-batch, which accumulation (and each
-# rank) combine weighted by rows, so their value depends on the split by
-# design: KTO's per-kind means (a micro-batch may hold 2 desirable examples
-# of the step's 3), ORPO's token-weighted NLL metric.  Not held to the class.
-MICRO_BATCH_STATISTICS = {
-    "kto": ("rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected"),
-    "orpo": ("nll_loss",),
-}
+# Metrics whose value may depend on the split by design, left out of the
+# comparison.  None for the reference trainers: KTO's per-kind means and
+# ORPO's token-weighted NLL metric are combined as exact step-level shares
+# (``trainers.core.step_share``).
+MICRO_BATCH_STATISTICS = {}
 # Values that are not numerics of the trainer.
 NOT_COMPARED = ("step", "learning_rate")
 

@@ -100,6 +100,9 @@ def test_batch_equals_accumulation(trainer):
     full_model, full = _run(trainer, "tiny-llama", steps=3, batch_size=4)
     acc_model, acc = _run(trainer, "tiny-llama", steps=3, batch_size=2, grad_accumulation_steps=2)
     for a, b in zip(full, acc):
+        for key in a:  # every metric too: per-kind and token-weighted means are exact shares
+            if key not in ("step", "learning_rate", "loss", "grad_norm"):
+                assert a[key] == pytest.approx(b[key], rel=max(rel, 1e-5), abs=1e-5), key
         assert a["loss"] == pytest.approx(b["loss"], rel=rel, abs=1e-6)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=max(rel, 1e-4))
         assert a["num_tokens"] == b["num_tokens"]

@@ -70,6 +70,19 @@ class TrainerSpec:
     trainer_class: Optional[type] = None  # defaults to Trainer
 
 
+def step_share(value, count, step_count, batch_size, step_examples):
+    """This micro-batch's share of a step-level mean over a subset of examples or tokens.
+
+    The core combines micro-batch metrics weighted by their number of examples
+    (``batch_size / step_examples``).  A mean over a subset (KTO's desirable
+    examples, ORPO's chosen tokens) needs weighting by the subset's ``count``
+    instead; the returned value, so weighted and summed over the step's
+    micro-batches (and ranks), is exactly the step-level mean.  With one
+    micro-batch it is ``value`` itself.
+    """
+    return value * (count / mx.maximum(step_count, 1)) * (step_examples / batch_size)
+
+
 class NonFiniteError(FloatingPointError):
     """A step produced a non-finite loss, gradient or metric."""
 

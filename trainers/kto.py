@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 
 from .batching import mismatched_batch, pad_sequences, sequence_logps, unpaired_batch
-from .core import TrainConfig, TrainerSpec
+from .core import TrainConfig, TrainerSpec, step_share
 from .losses import kto_loss, kto_reference_point
 
 
@@ -42,10 +42,12 @@ def step_stats(policy, reference, micro_rows, batches, config, pad_id, dp=None):
     policy.eval()
     policy_logps = sequence_logps(policy, mismatched)
     policy.train(was_training)
+    desirable = sum(bool(r["label"]) for r in rows)
+    counts = {"num_desirable": desirable, "num_undesirable": len(rows) - desirable}
     if dp is not None and dp.active:
         kl = dp.all_sum((policy_logps - ref_logps).sum()) / len(rows)
-        return {"kl": mx.stop_gradient(mx.maximum(kl, 0.0))}
-    return {"kl": kto_reference_point(policy_logps, ref_logps)}
+        return {"kl": mx.stop_gradient(mx.maximum(kl, 0.0)), **counts}
+    return {"kl": kto_reference_point(policy_logps, ref_logps), **counts}
 
 
 def reference_outputs(ref_model, batch, config):
@@ -53,16 +55,25 @@ def reference_outputs(ref_model, batch, config):
 
 
 def objective(model, batch, ref, stats, config):
-    return kto_loss(
+    labels = batch["labels"]
+    loss, metrics = kto_loss(
         sequence_logps(model, batch),
         ref["logps"],
-        batch["labels"],
+        labels,
         stats["kl"],
         beta=config.beta,
         desirable_weight=config.desirable_weight,
         undesirable_weight=config.undesirable_weight,
         num_examples=stats["num_examples"],
     )
+    # Per-kind means: this micro-batch's share of the step's (exact under accumulation).
+    n = labels.shape[0]
+    for kind, count, total in (("chosen", labels.sum(), stats["num_desirable"]),
+                               ("rejected", (~labels).sum(), stats["num_undesirable"])):
+        for key in (f"rewards/{kind}", f"logps/{kind}"):
+            metrics[key] = step_share(metrics[key], count, total, n, stats["num_examples"])
+    metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
+    return loss, metrics
 
 
 SPEC = TrainerSpec(

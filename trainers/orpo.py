@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 
 from .batching import pair_batch, sequence_logps, split_pairs
-from .core import TrainConfig, TrainerSpec
+from .core import TrainConfig, TrainerSpec, step_share
 from .losses import orpo_loss
 
 
@@ -26,7 +26,7 @@ def step_stats(policy, reference, micro_rows, batches, config, pad_id, dp=None):
 def objective(model, batch, ref, stats, config):
     chosen, rejected = split_pairs(sequence_logps(model, batch))
     chosen_len, rejected_len = split_pairs(batch["lengths"])
-    return orpo_loss(
+    loss, metrics = orpo_loss(
         chosen,
         rejected,
         chosen_len,
@@ -35,6 +35,10 @@ def objective(model, batch, ref, stats, config):
         num_examples=stats["num_examples"],
         num_chosen_tokens=stats["num_chosen_tokens"],
     )
+    # The token-weighted NLL metric: this micro-batch's share of the step's.
+    metrics["nll_loss"] = step_share(metrics["nll_loss"], chosen_len.sum(), stats["num_chosen_tokens"],
+                                     chosen.shape[0], stats["num_examples"])
+    return loss, metrics
 
 
 SPEC = TrainerSpec(name="orpo", config_class=ORPOConfig, collate=collate, objective=objective, step_stats=step_stats)
