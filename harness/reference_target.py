@@ -6,7 +6,6 @@ import mlx.core as mx
 
 from mlxth.fixtures.rewards import DEFAULT_REWARDS
 from mlxth.trainers import SPECS, make_trainer
-from mlxth.trainers.core import step_batches
 
 from .target import Settings
 
@@ -34,9 +33,7 @@ class ReferenceRun:
         self.trainer = make_trainer(SPECS[trainer], model, config, tokenizer, **kwargs)
         if config.precompute_reference:
             self.trainer.precompute_reference(rows)
-        per = self.trainer.steps_per_batch
-        batches = step_batches(rows, config, -(-settings.steps // per), world_size=ranks)
-        self._schedule = [micro for micro in batches for _ in range(per)][: settings.steps]
+        self._schedule = self.trainer.schedule(rows, settings.steps)
         self._next = 0
 
     @property

@@ -14,6 +14,7 @@ import os
 import sys
 import time
 import traceback
+from contextlib import ExitStack
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
@@ -37,11 +38,17 @@ def _snapshot(module):
     return dict(tree_flatten(module.parameters())) if module is not None else {}
 
 
-def _load(case: Case):
-    config = {"use_fused_kernel": False} if "kernel-off" in case.interventions else None
-    model, tokenizer = load_fixture(case.fixture, config)
+def _fixture_model(case: Case, model_config=None):
+    """The case's fixture, loaded as a user loads it, in the case's dtype."""
+    model, tokenizer = load_fixture(case.fixture, model_config)
     if case.settings.dtype != "float32":
         model.set_dtype(getattr(mx, case.settings.dtype))
+    return model, tokenizer
+
+
+def _load(case: Case):
+    config = {"use_fused_kernel": False} if "kernel-off" in case.interventions else None
+    model, tokenizer = _fixture_model(case, config)
     rows = load_dataset(case.dataset, tokenizer=tokenizer, max_length=case.settings.max_length)
     return model, tokenizer, rows
 
@@ -75,10 +82,12 @@ def run_once(case: Case, probe: bool, recheck_step: int = 0, on_step=None):
     obs = {"recomputed": None}
     records, error = [], None
     probe_ctx = ModeProbe(model) if probe else None
-    forced = [ForcedMode(model, mode == "force-train") for mode in ("force-train", "force-eval")
-              if mode in case.interventions]
-    for ctx in forced + ([probe_ctx] if probe_ctx else []):
-        ctx.__enter__()
+    contexts = ExitStack()
+    for mode in ("force-train", "force-eval"):
+        if mode in case.interventions:
+            contexts.enter_context(ForcedMode(model, mode == "force-train"))
+    if probe_ctx is not None:  # inside the forced mode: it observes what the forced run does
+        contexts.enter_context(probe_ctx)
     try:
         if hasattr(target, "version"):
             obs["target_version"] = target.version()
@@ -90,9 +99,7 @@ def run_once(case: Case, probe: bool, recheck_step: int = 0, on_step=None):
         obs["hp"] = hp = _hyperparameters(run, case)
         for k in range(1, case.settings.steps + 1):
             if k == recheck_step and case.trainer in COMPLETION_FIELDS and hasattr(run, "rows_for_step"):
-                reference, _ = load_fixture(case.fixture)
-                if case.settings.dtype != "float32":
-                    reference.set_dtype(getattr(mx, case.settings.dtype))
+                reference, _ = _fixture_model(case)
                 obs["recomputed"] = (k, recompute_loss(case.trainer, model, reference, run.rows_for_step(k), hp))
             record = run.step()
             if k == 1:  # for tensors a target creates inside its first step (LoRA added by train())
@@ -104,8 +111,7 @@ def run_once(case: Case, probe: bool, recheck_step: int = 0, on_step=None):
         error = {"kind": classify_exception(err), "message": f"{type(err).__name__}: {err}",
                  "step": len(records) + 1, "traceback": traceback.format_exc(limit=8)}
     finally:
-        for ctx in reversed(forced + ([probe_ctx] if probe_ctx else [])):
-            ctx.__exit__(None, None, None)
+        contexts.close()
     obs["model"] = model
     obs["probe"] = probe_ctx
     return records, error, obs

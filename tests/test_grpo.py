@@ -9,7 +9,6 @@ from mlxth.fixtures import load_fixture
 from mlxth.fixtures.rewards import DEFAULT_REWARDS, format_reward
 from mlxth.harness.probes import ModeProbe
 from mlxth.trainers import SPECS, make_trainer
-from mlxth.trainers.core import step_batches
 
 SPEC = SPECS["grpo"]
 
@@ -21,11 +20,7 @@ def _trainer(fixture, rewards=DEFAULT_REWARDS, **overrides):
 
 
 def _steps(trainer, rows, n):
-    out = []
-    for micro in step_batches(rows, trainer.config, -(-n // trainer.steps_per_batch)):
-        for _ in range(trainer.steps_per_batch):
-            out.append(trainer.step(micro))
-    return out[:n]
+    return [trainer.step(micro) for micro in trainer.schedule(rows, n)]
 
 
 def _params(module):

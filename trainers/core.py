@@ -218,6 +218,7 @@ class Trainer:
         if spec.needs_reference:
             self.reference = Reference(model, reference_model, lora=config.lora_rank > 0)
         self.optimizer = make_optimizer(config)
+        self._reference_cache = None  # per-row reference outputs, once precompute_reference ran
         self.step_count = 0
         self._grad_fn = nn.value_and_grad(model, self._objective)
         self._update_fn = self._update
@@ -263,6 +264,13 @@ class Trainer:
         cached = [self._reference_cache[id(r)] for r in rows]
         return {k: mx.stack([c[k] for c in cached]) for k in cached[0]}
 
+    def schedule(self, rows, steps: int):
+        """The micro-batch rows of each of ``steps`` optimizer steps, in order (a batch of
+        rows repeats for ``steps_per_batch`` steps; every rank's rows under data parallelism)."""
+        per = self.steps_per_batch
+        batches = step_batches(rows, self.config, -(-steps // per), world_size=self.dp.size)
+        return [micro for micro in batches for _ in range(per)][:steps]
+
     def step(self, micro_rows) -> dict:
         """One optimizer step over ``micro_rows`` (a list of micro-batch row lists).
 
@@ -278,7 +286,7 @@ class Trainer:
             if dp.active:  # settle the statistics' collectives now, in the same order on every rank
                 mx.eval([v for v in stats.values() if isinstance(v, mx.array)])
         refs = [None] * len(batches)
-        if getattr(self, "_reference_cache", None) is not None:
+        if self._reference_cache is not None:
             refs = [self._cached_reference(rows) for rows in micro_rows]
         elif spec.reference_outputs is not None:
             with self.reference.active() as ref_model:
@@ -350,14 +358,12 @@ def train(spec: TrainerSpec, model, rows, config, tokenizer, steps: int, on_step
     trainer = make_trainer(spec, model, config, tokenizer, **kwargs)
     if config.precompute_reference:
         trainer.precompute_reference(rows)
-    per = trainer.steps_per_batch
     records = []
     try:
-        for micro_rows in step_batches(rows, config, -(-steps // per), world_size=trainer.dp.size):
-            for _ in range(min(per, steps - len(records))):
-                records.append(trainer.step(micro_rows))
-                if on_step is not None:
-                    on_step(records[-1])
+        for micro_rows in trainer.schedule(rows, steps):
+            records.append(trainer.step(micro_rows))
+            if on_step is not None:
+                on_step(records[-1])
     finally:
         model.train(was_training)
     return records
