@@ -1,12 +1,14 @@
 """The environment a trace was taken in: versions, backend and device."""
 
+import os
 import platform
 from functools import lru_cache
+from importlib.metadata import version
+
+import mlx.core as mx
 
 
 def backend_name() -> str:
-    import mlx.core as mx
-
     if mx.default_device() == mx.gpu:
         if mx.metal.is_available():
             return "metal"
@@ -17,11 +19,6 @@ def backend_name() -> str:
 
 @lru_cache(maxsize=1)
 def environment() -> dict:
-    import os
-    from importlib.metadata import version
-
-    import mlx.core as mx
-
     try:
         device = mx.device_info().get("device_name", "")
     except Exception:  # noqa: BLE001 - device_info differs per backend; a name is optional

@@ -1,74 +1,127 @@
 """The target interface: the one way the harness talks to an implementation under test.
 
-A *target* is a trainer implementation (this project's reference trainers, or
-another library's, through an adapter).  It needs three things:
-
-    class MyTarget:
-        name = "my-lib"
-        def trainers(self) -> tuple[str, ...]: ...
-        def prepare(self, trainer, model, tokenizer, rows, settings) -> TargetRun: ...
-
-``prepare`` receives the model exactly as a user has it (loaded from disk, in
-inference mode), the tokenizer, the dataset rows (with token ids) and the
-case's ``Settings``; it returns a ``TargetRun`` whose ``step()`` takes one
-optimizer step and returns that step's record: at least ``{"loss": float}``,
-plus any metrics, named as TRL names them.  Optionally a run exposes
-``reference_model`` (a separate frozen reference, checked for changes) and
-``rows_for_step(k)`` (the rows step ``k`` will consume, 1-based; enables the
-loss-recomputation check).
-
-Targets are found by name in the ``mlxth.targets`` entry-point group (the
-reference target is registered there by this project's pyproject), or given
-as an import spec ``package.module:object`` or ``path/to/file.py:object``.
+A target is a trainer implementation: this project's reference trainers, or
+another library's through an adapter.  It is resolved once, by entry-point
+name (group ``mlxth.targets``) or import spec (``package.module:Object`` or
+``path/to/file.py:Object``), into a ``LoadedTarget`` that gives every optional
+feature below its default, so no caller probes for attributes.
 """
 
 import importlib
 import importlib.util
-from dataclasses import asdict, dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Optional, Protocol, Sequence
+
+from .model import Settings
 
 ENTRY_POINT_GROUP = "mlxth.targets"
 
 
-@dataclass
-class Settings:
-    """Hyper-parameters every target is asked to honour for a case."""
-
-    steps: int = 3
-    learning_rate: float = 1e-4
-    batch_size: int = 4
-    grad_accumulation_steps: int = 1
-    max_length: int = 64
-    seed: int = 0
-    lora_rank: int = 0
-    compile: bool = False
-    dtype: str = "float32"
-    # Data-parallel ranks (launched with mlx.launch); ``batch_size`` is per rank, so a
-    # step holds batch_size x grad_accumulation_steps x ranks rows.
-    ranks: int = 1
-    # Trainer-specific hyper-parameters (beta, loss_type, ...), passed through.
-    extra: dict = field(default_factory=dict)
-
-    def to_dict(self):
-        return asdict(self)
-
-
 class TargetRun(Protocol):
-    def step(self) -> dict: ...
+    """One prepared training run.  Only ``step`` is required; the rest is optional."""
+
+    def step(self) -> dict:
+        """Take one optimizer step; return at least ``{"loss": float}`` plus metrics named as TRL names them."""
+
+    # Optional:
+    reference_model: object  # a separate frozen reference model, checked for changes (default: None)
+
+    def rows_for_step(self, k: int) -> list:
+        """The rows step ``k`` (1-based) consumes; enables the loss-recompute check."""
+
+    def hyperparameters(self) -> dict:
+        """The run's resolved hyper-parameters under the standard names (default: the reference's)."""
+
+    def completions(self) -> list:
+        """GRPO: the completions (token ids) sampled by the last step; the bench's lower bound runs on them."""
+
+    def close(self) -> None:
+        """Release what the run holds (a library's training loop suspended between steps)."""
 
 
 class Target(Protocol):
+    """A trainer implementation.  ``name``, ``trainers`` and ``prepare`` are required."""
+
     name: str
 
     def trainers(self) -> Sequence[str]: ...
 
-    def prepare(self, trainer: str, model, tokenizer, rows, settings: Settings) -> TargetRun: ...
+    def prepare(self, trainer: str, model, tokenizer, rows, settings: Settings) -> TargetRun:
+        """Receive the model as a user has it (loaded, in inference mode), the tokenizer, the data
+        set's rows (with token ids) and the case's settings; return a run."""
+
+    # Optional:
+    golden_key: str  # the folder its goldens are filed under (default: name)
+    distribution: str  # its PyPI distribution, for --target-version (default: none)
+
+    def version(self) -> str: ...
+
+    def documented_hyperparameters(self, trainer: str) -> list:
+        """``(name, value)`` pairs each of which must change the trace (conformance's dead-config probe)."""
+
+    def workaround(self) -> Optional[tuple]:
+        """``(extra_settings, description)`` that lets a target run where it otherwise cannot."""
 
 
 class TargetError(LookupError):
     """A target name or spec that cannot be resolved."""
+
+
+class LoadedRun:
+    """A target's run with every optional feature defaulted."""
+
+    def __init__(self, run):
+        self.run = run
+        self.reference_model = getattr(run, "reference_model", None)
+
+    def step(self) -> dict:
+        return self.run.step()
+
+    def rows_for_step(self, k: int):
+        method = getattr(self.run, "rows_for_step", None)
+        return None if method is None else method(k)
+
+    def hyperparameters(self):
+        method = getattr(self.run, "hyperparameters", None)
+        return None if method is None else method()
+
+    def completions(self):
+        method = getattr(self.run, "completions", None)
+        return None if method is None else method()
+
+    def close(self) -> None:
+        method = getattr(self.run, "close", None)
+        if method is not None:
+            method()
+
+
+class LoadedTarget:
+    """A resolved target: the object, the spec it was loaded from, and every optional feature defaulted."""
+
+    def __init__(self, obj, spec: str):
+        self.obj, self.spec = obj, spec
+        self.name = obj.name
+        self.golden_key = getattr(obj, "golden_key", None) or obj.name
+        self.distribution = getattr(obj, "distribution", None)
+
+    def trainers(self) -> tuple:
+        return tuple(self.obj.trainers())
+
+    def prepare(self, trainer, model, tokenizer, rows, settings) -> LoadedRun:
+        return LoadedRun(self.obj.prepare(trainer, model, tokenizer, rows, settings))
+
+    def version(self) -> str:
+        method = getattr(self.obj, "version", None)
+        return method() if method is not None else None
+
+    def documented_hyperparameters(self, trainer) -> list:
+        method = getattr(self.obj, "documented_hyperparameters", None)
+        return list(method(trainer)) if method is not None else []
+
+    def workaround(self):
+        method = getattr(self.obj, "workaround", None)
+        return method() if method is not None else None
 
 
 def registered_targets() -> dict:
@@ -92,22 +145,30 @@ def _load_spec(spec: str):
         raise TargetError(f"target spec {spec!r}: {where} has no attribute {attr!r}") from None
 
 
-def load_target(name: str):
-    """Resolve a target by entry-point name or import spec; return an instance."""
+def absolute_spec(spec: str) -> str:
+    """A file spec made absolute, so that it means the same in a worker running elsewhere."""
+    where, sep, attr = spec.rpartition(":")
+    if sep and where.endswith(".py"):
+        return f"{Path(where).resolve()}:{attr}"
+    return spec
+
+
+def load_target(spec: str) -> LoadedTarget:
+    """Resolve a target by entry-point name or import spec."""
     registered = registered_targets()
-    if name in registered:
-        obj = registered[name].load()
-    elif ":" in name:
+    if spec in registered:
+        obj = registered[spec].load()
+    elif ":" in spec:
         try:
-            obj = _load_spec(name)
+            obj = _load_spec(spec)
         except TargetError:
             raise
         except Exception as err:  # noqa: BLE001 - whatever breaks the import, the target is unusable
-            raise TargetError(f"target spec {name!r} cannot be imported: {type(err).__name__}: {err}") from err
+            raise TargetError(f"target spec {spec!r} cannot be imported: {type(err).__name__}: {err}") from err
     else:
         known = ", ".join(sorted(registered)) or "none"
-        raise TargetError(f"unknown target {name!r}; registered targets: {known}")
+        raise TargetError(f"unknown target {spec!r}; registered targets: {known}")
     target = obj() if isinstance(obj, type) or callable(obj) and not hasattr(obj, "prepare") else obj
     if not hasattr(target, "prepare") or not hasattr(target, "trainers"):
-        raise TargetError(f"target {name!r} does not implement prepare() and trainers()")
-    return target
+        raise TargetError(f"target {spec!r} does not implement prepare() and trainers()")
+    return LoadedTarget(target, absolute_spec(spec))

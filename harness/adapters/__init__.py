@@ -18,11 +18,14 @@ hyper-parameter names onto a library's fields.
 """
 
 import collections
+import copy
 import importlib.metadata
 import sys
 from dataclasses import fields
 
 from greenlet import greenlet
+
+from ...trainers import SPECS
 
 # The standard hyper-parameters of each trainer (the reference trainers' names).
 STANDARD = {
@@ -44,8 +47,6 @@ def library_version(distribution: str) -> str:
 
 
 def standard_defaults(trainer: str) -> dict:
-    from mlxth.trainers import SPECS
-
     names = STANDARD[trainer]
     return {f.name: f.default for f in fields(SPECS[trainer].config_class) if f.name in names}
 
@@ -214,8 +215,6 @@ def importable_class(obj):
 
 def frozen_copy(model):
     """A frozen copy of ``model`` as it is now, of its own (uninstrumented) class, in inference mode."""
-    import copy
-
     ref = copy.deepcopy(model)
     ref.__class__ = importable_class(model)
     ref.freeze()

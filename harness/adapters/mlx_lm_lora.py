@@ -44,6 +44,7 @@ import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
 
+from ...fixtures.rewards import DEFAULT_REWARDS
 from . import StepLoop, frozen_copy, library_version, resolve_hyperparameters
 
 DISTRIBUTION = "mlx-lm-lora"
@@ -169,8 +170,6 @@ class MlxLmLoraRun:
                 training_callback=callback)
         else:
             from mlx_lm_lora.trainer.datasets import GRPODataset
-
-            from mlxth.fixtures.rewards import DEFAULT_REWARDS
 
             self.dataset = GRPODataset([{"prompt": r["prompt"], "answer": r["answer"]} for r in rows], tokenizer,
                                        text_completion_key="prompt")

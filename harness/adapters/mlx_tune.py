@@ -40,6 +40,7 @@ import tempfile
 
 import mlx.core as mx
 
+from ...fixtures.rewards import DEFAULT_REWARDS
 from . import NOT_OFFERED, StepLoop, library_version, resolve_hyperparameters
 
 DISTRIBUTION = "mlx-tune"
@@ -142,7 +143,6 @@ class MlxTuneRun:
             data = [{k: row[k] for k in TEXT_FIELDS[trainer]} for row in rows]
             kwargs = dict(model=wrapped, train_dataset=data, tokenizer=tokenizer, args=config)
             if trainer == "grpo":
-                from mlxth.fixtures.rewards import DEFAULT_REWARDS
 
                 kwargs["reward_fn"] = _reward_fn(DEFAULT_REWARDS)
             self.trainer = {"dpo": lib.DPOTrainer, "orpo": lib.ORPOTrainer, "kto": lib.KTOTrainer,

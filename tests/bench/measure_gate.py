@@ -4,7 +4,7 @@
 
 One baseline bench run of the reference target, then ``trials`` runs of the
 identical code and ``trials`` runs of a planted 10% slowdown
-(tests/planted_targets.py:Slowed), alternating, each compared with the
+(tests/support/planted_targets.py:Slowed), alternating, each compared with the
 baseline by ``harness.bench.compare`` at the default 10% threshold.
 """
 
@@ -13,10 +13,11 @@ import json
 import sys
 from pathlib import Path
 
-from mlxth.harness.bench import bench, compare
-from mlxth.harness.cases import Case, case_settings
+from mlxth.harness.tools.bench import bench, compare
+from mlxth.harness.model import Case, case_settings
+from support import PLANTED_TARGETS
 
-PLANTED = str(Path(__file__).resolve().parents[1] / "planted_targets.py")
+PLANTED = str(PLANTED_TARGETS)
 
 
 def one(spec, trainer, fixture, steps):

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bisect_repo import build  # noqa: E402
+from support.bisect_repo import build  # noqa: E402
 
 from mlxth.harness.cli import main  # noqa: E402
 

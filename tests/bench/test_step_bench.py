@@ -7,7 +7,7 @@ step evaluates the loss, parameters and optimizer state before returning.
 """
 
 import pytest
-from helpers import rows_for
+from support.helpers import rows_for
 
 from mlxth.fixtures import load_fixture
 from mlxth.fixtures.rewards import DEFAULT_REWARDS

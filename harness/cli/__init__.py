@@ -1,0 +1,42 @@
+"""The ``harness`` command line: parse, call, print.
+
+Exit codes: 0 every case passed; 1 a case failed or regressed; 2 a usage or
+configuration error (unknown names, a missing golden in ``--strict`` mode, an
+unloadable target), always with a one-line reason.
+"""
+
+import click
+from tabulate import tabulate
+
+from ...fixtures import FIXTURES
+from ..judge.equivalence import CLASSES
+from ..judge.golden import EQUIVALENCE
+from ..model import DEFAULT_VARIANTS, TRAINERS, VARIANTS
+from ..target import load_target, registered_targets
+from .common import main
+from . import conformance, run, tools  # noqa: F401 - each registers its commands on ``main``
+
+__all__ = ["main"]
+
+
+@main.command("list")
+def list_command():
+    """List targets, trainers, fixtures, variants and equivalence classes."""
+    rows = []
+    for name in sorted(registered_targets()):
+        try:
+            trainers = ", ".join(load_target(name).trainers())
+        except Exception as err:  # noqa: BLE001 - a broken third-party target is listed, not fatal
+            trainers = f"(cannot load: {err})"
+        rows.append([name, trainers])
+    click.echo(tabulate(rows, headers=["target", "trainers"]))
+    click.echo()
+    click.echo("trainers: " + ", ".join(TRAINERS))
+    click.echo("fixtures: " + ", ".join(FIXTURES))
+    click.echo("variants: " + ", ".join(f"{k}{' (default)' if k in DEFAULT_VARIANTS else ''}" for k in VARIANTS))
+    click.echo()
+    click.echo("equivalence classes (the first member is the golden):")
+    for cls in CLASSES.values():
+        click.echo(f"  {cls.name}: {cls.describe()}")
+    click.echo(f"  tolerance, every trainer: rtol {EQUIVALENCE.rtol:g}, atol {EQUIVALENCE.atol:g}, "
+               f"weights {EQUIVALENCE.weights:g} x the largest update")

@@ -1,0 +1,198 @@
+"""Golden traces: where they live, how they are read and written, and the one tolerance policy.
+
+One golden per case, at ``<snapshots>/<backend>/<target>/<trainer>/<fixture>--<variant>.json``,
+holding the per-step records and the environment they were taken in.  The
+snapshot folder always comes from the caller.  Every numeric comparison of a
+trace with a golden (a rerun, a data-parallel member, a triage rung) goes
+through ``tolerance`` / ``equivalence_tolerance`` and ``first_divergence``
+here; the measurements behind each tier are in the README.
+"""
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import checks
+
+# Settings a data-parallel run may change against its single-process golden.
+SPLIT_SETTINGS = ("batch_size", "grad_accumulation_steps", "ranks", "steps")
+# Values that are not numerics of the trainer.
+NOT_COMPARED = ("step", "learning_rate")
+
+
+def golden_path(root, backend, target, trainer, fixture, variant) -> Path:
+    return Path(root) / backend / target / trainer / f"{fixture}--{variant}.json"
+
+
+def tolerance(golden_env: dict, env: dict, dtype: str, approximate: bool = False):
+    """``(rtol, atol, reason)`` for comparing a trace taken in ``env`` with a golden.
+
+    ``approximate``: the trace comes from another configuration that must agree
+    (a triage rung, an equivalence-class member), so never demand bit equality."""
+    if dtype != "float32":
+        return 2e-2, 1e-3, f"{dtype}: approximate"
+    if env["backend"] != "cpu":
+        return 1e-3, 1e-5, f"fp32 on {env['backend']}: GPU reductions are not bitwise reproducible"
+    drift = version_drift(golden_env, env)
+    if drift:
+        return 1e-5, 1e-7, "fp32 on cpu with other library versions (" + "; ".join(drift) + ")"
+    if approximate:
+        return 1e-5, 1e-7, "fp32 on cpu, another configuration of the same case"
+    return 0.0, 0.0, "exact: fp32 on cpu, same library versions"
+
+
+def check_tolerances(env: dict, dtype: str) -> dict:
+    """Tolerances of the analytic and loss-recompute checks for a backend and dtype."""
+    if dtype != "float32":
+        return {"analytic_atol": 2e-2, "recompute_rtol": 3e-2, "recompute_atol": 3e-2}
+    if env["backend"] != "cpu":
+        return {"analytic_atol": 2e-4, "recompute_rtol": 3e-3, "recompute_atol": 1e-4}
+    return {"analytic_atol": 1e-6, "recompute_rtol": 1e-4, "recompute_atol": 1e-5}
+
+
+def version_drift(golden_env: dict, env: dict):
+    return [f"{k} {golden_env.get(k)} -> {env.get(k)}" for k in ("mlx", "mlx-lm", "device") if golden_env.get(k) != env.get(k)]
+
+
+def dumps(trace: dict) -> str:
+    return json.dumps(trace, indent=1, sort_keys=True) + "\n"
+
+
+def trace_of(result: dict) -> dict:
+    """The part of a case result that a golden holds."""
+    return {"case": result["id"], "environment": result["environment"],
+            "settings": result["case"]["settings"], "steps": result["steps"]}
+
+
+def read(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"golden {path}: line {err.lineno}: invalid JSON ({err.msg})") from None
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    rtol: float  # per-step loss, grad norm and metrics: |x - golden| <= atol + rtol * |golden|
+    atol: float
+    weights: float  # final trainable weights: max |w - w_golden| <= weights x the golden's largest update
+
+
+# Configurations that must train identically (batch B == B/k x k accumulation
+# == k ranks of B/k) are held to this, for every trainer; the measurements
+# and the margin are in the README.
+EQUIVALENCE = Tolerance(rtol=2e-5, atol=5e-6, weights=1e-2)
+
+
+def equivalence_tolerance(trainer: str) -> Tolerance:
+    return EQUIVALENCE
+
+
+def compared_keys(steps) -> list:
+    """The numeric keys of a trace that an equivalence comparison holds."""
+    return [k for k, v in steps[0].items() if k not in NOT_COMPARED and isinstance(v, (int, float))] if steps else []
+
+
+def first_divergence(golden_steps, steps, rtol, atol, keys=None):
+    """The first (step, key, expected, actual) that differs beyond tolerance, or None.
+
+    ``keys``: the keys compared (default: every key of each golden record)."""
+    if len(steps) != len(golden_steps):
+        return (min(len(steps), len(golden_steps)) + 1, "steps", len(golden_steps), len(steps))
+    for want, got in zip(golden_steps, steps):
+        for key in (want if keys is None else keys):
+            expected = want[key]
+            actual = got.get(key)
+            if isinstance(expected, (int, float)) and isinstance(actual, (int, float)):
+                if math.isfinite(expected) and abs(actual - expected) <= atol + rtol * abs(expected):
+                    continue
+                if expected == actual:
+                    continue
+            elif expected == actual:
+                continue
+            return (want.get("step"), key, expected, actual)
+    return None
+
+
+def compare(golden: dict, result: dict, approximate: bool = False):
+    """The golden check for a finished case result."""
+    env, dtype = result["environment"], result["case"]["settings"]["dtype"]
+    rtol, atol, reason = tolerance(golden["environment"], env, dtype, approximate)
+    diff = first_divergence(golden["steps"], result["steps"], rtol, atol)
+    drift = version_drift(golden["environment"], env)
+    note = f" [golden taken with {'; '.join(drift)}]" if drift else ""
+    if diff is None:
+        return {"name": "golden", "status": "pass", "kind": None,
+                "detail": f"{len(golden['steps'])} steps match ({reason}){note}"}
+    step, key, expected, actual = diff
+    return {"name": "golden", "status": "fail", "kind": "golden-drift",
+            "detail": f"step {step}: {key} expected {expected!r}, got {actual!r} "
+                      f"(rtol {rtol:g}, atol {atol:g}: {reason}){note}"}
+
+
+def data_parallel_check(golden_trace: dict, result: dict) -> dict:
+    """The golden check of a data-parallel case (``harness run --ranks K``): the run is an
+    equivalence-class member of the single-process golden, held to the equivalence tolerance."""
+    mine, theirs = result["case"]["settings"], golden_trace.get("settings", {})
+    trainer = result["case"]["trainer"]
+    label = f"{mine['ranks']} ranks x batch {mine['batch_size']}"
+    step_rows = mine["batch_size"] * mine["grad_accumulation_steps"] * mine["ranks"]
+    golden_rows = theirs.get("batch_size", 0) * theirs.get("grad_accumulation_steps", 1) * theirs.get("ranks", 1)
+    changed = sorted(k for k in set(mine) | set(theirs)
+                     if k not in SPLIT_SETTINGS and k != "extra" and mine.get(k) != theirs.get(k))
+    changed += sorted(f"extra.{k}" for k in set(mine["extra"]) | set(theirs.get("extra", {}))
+                      if mine["extra"].get(k) != theirs.get("extra", {}).get(k))
+    if changed or step_rows != golden_rows:
+        why = f"settings {', '.join(changed)} differ" if changed else f"a step of {step_rows} rows, not {golden_rows}"
+        return checks.skipped("golden", f"no single-process golden applies to {label}: {why} (the equivalence "
+                                        "class checks this trainer's data parallelism)")
+    tol = equivalence_tolerance(trainer)
+    drift = first_divergence(golden_trace["steps"], result["steps"], tol.rtol, tol.atol,
+                             compared_keys(golden_trace["steps"]))
+    golden_label = f"batch {theirs['batch_size']}" + (f" x accumulation {theirs['grad_accumulation_steps']}"
+                                                      if theirs.get("grad_accumulation_steps", 1) > 1 else "")
+    if drift is None:
+        return {"name": "golden", "status": "pass", "kind": None,
+                "detail": f"{len(golden_trace['steps'])} steps of {label} match the golden {golden_label!r} "
+                          f"(equivalence tolerance rtol {tol.rtol:g}, atol {tol.atol:g})"}
+    step, key, expected, actual = drift
+    return {"name": "golden", "status": "fail", "kind": "equivalence-drift",
+            "detail": f"step {step}: {key}: {label!r} {actual!r} vs golden {golden_label!r} {expected!r} "
+                      f"(atol {tol.atol:g} + rtol {tol.rtol:g} x |golden|)"}
+
+
+def apply_golden(result: dict, root: Path, golden_key: str, update: bool) -> dict:
+    """Add the golden check to a result; with ``update``, (re)write the golden of a passing case."""
+    if result["status"] == "error":
+        return result
+    case = result["case"]
+    ranks = case["settings"].get("ranks", 1)
+    update = update and ranks == 1  # goldens are single-process traces
+    path = golden_path(root, result["environment"]["backend"], golden_key, case["trainer"], case["fixture"],
+                       case["variant"])
+    others_pass = result["status"] == "pass"
+    if update and others_pass:
+        write_atomic(path, dumps(trace_of(result)))
+        check = {"name": "golden", "status": "pass", "kind": None, "detail": f"written to {path}"}
+    elif path.exists() and ranks > 1:
+        check = data_parallel_check(read(path), result)
+    elif path.exists():
+        check = compare(read(path), result)
+    else:
+        check = checks.skipped("golden", f"no golden at {path} (run with --update-snapshots to record one)")
+    if update and not others_pass:
+        check["detail"] += " (not updated: the case fails other checks)"
+    result["checks"] = [c for c in result["checks"] if c["name"] != "golden"] + [check]
+    result["golden_path"] = str(path)
+    return checks.conclude(result)

@@ -1,0 +1,239 @@
+"""Run one case in this process: one rank of it, or the whole of a one-process case.
+
+    python -m mlxth.harness.run.worker CASE.json OUTDIR {check|trace}
+
+``launch.run_process`` starts it plainly for one rank, or through
+``mlx.launch`` once per rank.  The worker loads the fixture exactly as a user
+would (inference mode), hands it to the target, takes the steps under a
+``ModeProbe`` and applies every check that needs the live model.  Modes:
+``check`` runs the whole case with its checks; ``trace`` only takes the steps
+(an equivalence-class member), and rank 0 saves the final trainable weights.
+
+Files in OUTDIR (``r`` the rank): ``rank<r>.started`` (the pid, first thing),
+``rank<r>.steps`` (a line per finished step, so a crash names its step),
+``rank<r>.json`` (status, error and a sha256 per final weight tensor, so that
+ranks can be compared), and rank 0's ``result.json`` (and
+``weights.safetensors`` in trace mode).  A failed rank of several exits with
+status 3 once its files are written, so that mlx.launch stops the others.
+"""
+
+import hashlib
+import json
+import os
+import sys
+import time
+import traceback
+from contextlib import ExitStack
+from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from ...fixtures import load_fixture
+from ...fixtures.datasets import load_dataset
+from ..adapters.reference import trainer_config
+from ..env import deterministic, environment
+from ..judge import checks
+from ..judge.golden import check_tolerances
+from ..judge.recompute import recompute_loss
+from ..model import Case, completion_fields
+from ..target import load_target
+from .modes import ForcedMode, ModeProbe
+
+VJP_MISSING = "[Primitive::vjp] Not implemented for CustomKernel"
+
+
+def _snapshot(module):
+    # MLX arrays are immutable and optimizers replace them: references suffice.
+    return dict(tree_flatten(module.parameters())) if module is not None else {}
+
+
+def _fixture_model(case: Case, model_config=None):
+    """The case's fixture, loaded as a user loads it, in the case's dtype."""
+    model, tokenizer = load_fixture(case.fixture, model_config)
+    if case.settings.dtype != "float32":
+        model.set_dtype(getattr(mx, case.settings.dtype))
+    return model, tokenizer
+
+
+def _load(case: Case):
+    config = {"use_fused_kernel": False} if "kernel-off" in case.interventions else None
+    model, tokenizer = _fixture_model(case, config)
+    rows = load_dataset(case.dataset, tokenizer=tokenizer, max_length=case.settings.max_length)
+    return model, tokenizer, rows
+
+
+def classify_exception(err: BaseException) -> str:
+    if isinstance(err, (ImportError, SyntaxError)):
+        return "import-error"
+    if VJP_MISSING in str(err):
+        return "vjp-missing"
+    if isinstance(err, FloatingPointError) or "non-finite" in str(err):
+        return "non-finite"
+    return "exception"
+
+
+def _hyperparameters(run, case) -> dict:
+    """The run's own hyper-parameters, or the standard defaults with the case's overrides."""
+    own = run.hyperparameters()
+    if own is not None:
+        return own
+    try:
+        return vars(trainer_config(case.trainer, case.settings))
+    except (ValueError, TypeError):
+        return {}
+
+
+def run_once(case: Case, probe: bool, recheck_step: int = 0, on_step=None):
+    """Take the case's steps; return (records, error, observations).  ``on_step(record)`` follows each step."""
+    target = load_target(case.target_spec or case.target)
+    model, tokenizer, rows = _load(case)
+    obs = {"recomputed": None}
+    records, error = [], None
+    probe_ctx = ModeProbe(model) if probe else None
+    contexts = ExitStack()
+    for mode in ("force-train", "force-eval"):
+        if mode in case.interventions:
+            contexts.enter_context(ForcedMode(model, mode == "force-train"))
+    if probe_ctx is not None:  # inside the forced mode: it observes what the forced run does
+        contexts.enter_context(probe_ctx)
+    try:
+        obs["target_version"] = target.version()
+        run = target.prepare(case.trainer, model, tokenizer, rows, case.settings)
+        obs["trainable_keys"] = [k for k, _ in tree_flatten(model.trainable_parameters())]
+        obs["before"] = _snapshot(model)
+        obs["reference"] = run.reference_model
+        obs["reference_before"] = _snapshot(obs["reference"])
+        obs["hp"] = hp = _hyperparameters(run, case)
+        for k in range(1, case.settings.steps + 1):
+            if k == recheck_step and completion_fields(case.trainer):
+                step_rows = run.rows_for_step(k)
+                if step_rows is not None:
+                    reference, _ = _fixture_model(case)
+                    obs["recomputed"] = (k, recompute_loss(case.trainer, model, reference, step_rows, hp))
+            record = run.step()
+            if k == 1:  # for tensors a target creates inside its first step (LoRA added by train())
+                obs["after_first"] = _snapshot(model)
+            records.append({"step": k, **{key: _plain(v) for key, v in record.items() if key != "step"}})
+            if on_step is not None:
+                on_step(records[-1])
+    except Exception as err:  # noqa: BLE001 - any failure of the target is this case's result
+        error = {"kind": classify_exception(err), "message": f"{type(err).__name__}: {err}",
+                 "step": len(records) + 1, "traceback": traceback.format_exc(limit=8)}
+    finally:
+        contexts.close()
+    obs["model"] = model
+    obs["probe"] = probe_ctx
+    return records, error, obs
+
+
+def _plain(value):
+    if isinstance(value, mx.array):
+        value = value.item()
+    return value
+
+
+def run_case(case: Case, on_step=None, observe=None) -> dict:
+    """Run and check one case.  ``on_step(record)`` follows every step (of the rerun too);
+    ``observe(obs)`` receives the checked run's observations (its final model under ``"model"``)."""
+    if "cpu" in case.interventions:
+        mx.set_default_device(mx.cpu)
+    env = environment()
+    started = time.perf_counter()
+    recheck = min(2, case.settings.steps)
+    records, error, obs = run_once(case, probe=True, recheck_step=recheck, on_step=on_step)
+    if observe is not None:
+        observe(obs)
+    result = {"case": case.to_dict(), "id": case.id, "environment": env, "steps": records, "checks": []}
+    if obs.get("target_version"):
+        result["target_version"] = obs["target_version"]
+    add = result["checks"].append
+    add(checks.completes(records, error, case.settings.steps))
+    if obs.get("probe") is not None:
+        add(checks.training_mode(obs["probe"]))
+    add(checks.finite(records))
+    if error is None:
+        add(checks.updates(obs))
+        tolerances = check_tolerances(env, case.settings.dtype)
+        add(checks.analytic(case, records, obs["hp"], tolerances))
+        if deterministic(env):
+            rerun, rerun_error, _ = run_once(case, probe=False, on_step=on_step)
+            add(checks.reproducible(records, rerun, rerun_error))
+        else:
+            add(checks.skipped("reproducible", f"{env['backend']} does not promise bitwise reruns"))
+        add(checks.loss_recompute(obs["recomputed"], records, tolerances))
+    result["error"] = error
+    result["duration_s"] = round(time.perf_counter() - started, 3)
+    return checks.conclude(result)
+
+
+FAILED_RANK_STATUS = 3
+BACKEND_ENV = "MLXTH_DIST_BACKEND"
+
+
+def fingerprint(model) -> dict:
+    """sha256 of every parameter's bytes (bf16 widened to fp32, exactly), by name."""
+    out = {}
+    for name, value in tree_flatten(model.parameters()):
+        if value.dtype == mx.bfloat16:
+            value = value.astype(mx.float32)
+        out[name] = hashlib.sha256(memoryview(value)).hexdigest()[:16]
+    return out
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def init_group(ranks: int):
+    """The process group mlx.launch set up, or None for one process."""
+    if ranks <= 1:
+        return None
+    group = mx.distributed.init(strict=True, backend=os.environ.get(BACKEND_ENV, "any"))
+    if group.size() != ranks:
+        raise RuntimeError(f"the case asks for {ranks} ranks but the launcher started {group.size()}")
+    return group
+
+
+def _trace_case(case: Case, on_step, observe) -> dict:
+    started = time.perf_counter()
+    records, error, obs = run_once(case, probe=False, on_step=on_step)
+    observe(obs)
+    result = {"case": case.to_dict(), "id": case.id, "environment": environment(), "steps": records,
+              "checks": [checks.completes(records, error, case.settings.steps), checks.finite(records)],
+              "error": error, "duration_s": round(time.perf_counter() - started, 3)}
+    return checks.conclude(result)
+
+
+def main(argv=None) -> int:
+    case_path, outdir, mode = sys.argv[1:] if argv is None else argv
+    outdir = Path(outdir)
+    with open(case_path) as fh:
+        case = Case.from_dict(json.load(fh))
+    group = init_group(case.settings.ranks)
+    rank = group.rank() if group is not None else 0
+    (outdir / f"rank{rank}.started").write_text(str(os.getpid()))
+    steps_log = open(outdir / f"rank{rank}.steps", "a", buffering=1)
+
+    def on_step(record):
+        steps_log.write(f"{record['step']}\n")
+
+    seen = {}
+    result = (_trace_case if mode == "trace" else run_case)(case, on_step=on_step, observe=seen.update)
+    model = seen.get("model")
+    info = {"rank": rank, "size": 1 if group is None else group.size(), "pid": os.getpid(),
+            "status": "error" if result.get("error") else "ok", "error": result.get("error"),
+            "steps": len(result["steps"]), "fingerprint": fingerprint(model) if model is not None else {}}
+    if rank == 0:
+        if mode == "trace" and model is not None:
+            mx.save_safetensors(str(outdir / "weights.safetensors"), dict(tree_flatten(model.trainable_parameters())))
+        _write_json(outdir / "result.json", result)
+    _write_json(outdir / f"rank{rank}.json", info)
+    steps_log.close()
+    return FAILED_RANK_STATUS if info["status"] == "error" and info["size"] > 1 else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,9 @@
+"""What the test modules share: helpers, planted faulty targets, numpy oracles, scratch repositories."""
+
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PLANTED_TARGETS = HERE / "planted_targets.py"
+PLANTED_DISTRIBUTED = HERE / "planted_distributed.py"
+REPOSITORY = HERE.parents[1]
+SNAPSHOTS = REPOSITORY / "snapshots"

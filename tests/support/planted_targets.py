@@ -1,0 +1,171 @@
+"""Targets with planted faults, one per failure kind the harness must report.
+
+Each wraps the reference target and breaks one thing, the way real trainer
+regressions do.  They compare against the reference target's goldens.
+"""
+
+import os
+import random
+import time
+
+import mlx.core as mx
+
+from mlxth.harness.adapters.reference import ReferenceRun, ReferenceTarget
+
+
+class _Planted(ReferenceTarget):
+    golden_key = "reference"
+
+    def prepare(self, trainer, model, tokenizer, rows, settings):
+        return self.plant(ReferenceRun(trainer, model, tokenizer, rows, settings), model, settings)
+
+    def plant(self, run, model, settings):
+        return run
+
+
+class SkipTrain(_Planted):
+    """The seed regression: a trainer whose ``model.train()`` never happens."""
+
+    name = "planted-skip-train"
+
+    def plant(self, run, model, settings):
+        model.train = lambda mode=True: model  # the call is made, and does nothing
+        return run
+
+
+class LossConstant(_Planted):
+    """A changed loss constant: DPO's beta silently 0.12 instead of 0.1."""
+
+    name = "planted-loss-constant"
+
+    def plant(self, run, model, settings):
+        run.trainer.config.beta = 0.12
+        return run
+
+
+class InjectNaN(_Planted):
+    """A NaN appears in the weights before step 2."""
+
+    name = "planted-nan"
+
+    def plant(self, run, model, settings):
+        step = run.step
+
+        def poisoned():
+            if run._next == 1:
+                for _, m in model.named_modules():
+                    if hasattr(m, "embed_tokens"):
+                        m.embed_tokens.weight = m.embed_tokens.weight * float("nan")
+            return step()
+
+        run.step = poisoned
+        return run
+
+
+class Abort(_Planted):
+    """The process aborts (as a native crash would) on the llama fixture only."""
+
+    name = "planted-abort"
+
+    def plant(self, run, model, settings):
+        if getattr(model, "model_type", "") == "llama":
+            run.step = os.abort
+        return run
+
+
+class Hang(_Planted):
+    """A step that never returns."""
+
+    name = "planted-hang"
+
+    def plant(self, run, model, settings):
+        run.step = lambda: time.sleep(3600)
+        return run
+
+
+class NoUpdate(_Planted):
+    """An optimizer that never applies its update."""
+
+    name = "planted-no-update"
+
+    def plant(self, run, model, settings):
+        run.trainer.optimizer.update = lambda model, grads: None
+        return run
+
+
+class Unseeded(_Planted):
+    """Unseeded randomness: the learning rate jitters from run to run."""
+
+    name = "planted-unseeded"
+
+    def plant(self, run, model, settings):
+        run.trainer.optimizer.learning_rate = mx.array(settings.learning_rate * random.SystemRandom().uniform(0.5, 2))
+        return run
+
+
+class OffByOneMask(_Planted):
+    """The classic off-by-one: the completion mask starts one token early."""
+
+    name = "planted-off-by-one"
+
+    def plant(self, run, model, settings):
+        spec = run.trainer.spec
+        collate = spec.collate
+
+        def shifted(rows, config, pad_id):
+            batch = collate(rows, config, pad_id)
+            mask = mx.concatenate([batch["mask"][:, 1:], mx.zeros_like(batch["mask"][:, :1])], axis=1)
+            return {**batch, "mask": mask, "lengths": mask.sum(axis=1)}
+
+        run.trainer.spec = type(spec)(**{**spec.__dict__, "collate": shifted})
+        return run
+
+
+
+class Slowed(_Planted):
+    """Every step 10% slower: it sleeps a tenth of its own duration."""
+
+    name = "planted-slowed"
+    fraction = 0.10
+
+    def plant(self, run, model, settings):
+        step = run.step
+
+        def slowed():
+            start = time.perf_counter()
+            record = step()
+            time.sleep(self.fraction * (time.perf_counter() - start))
+            return record
+
+        run.step = slowed
+        return run
+
+
+class CompileOnlyDrift(_Planted):
+    """Numbers move only when the step is compiled (a constant captured differently)."""
+
+    name = "planted-compile-drift"
+
+    def plant(self, run, model, settings):
+        if settings.compile:
+            run.trainer.config.beta = 0.1 * (1 + 1e-3)
+        return run
+
+
+class HalfPrecisionOverflow(_Planted):
+    """In bf16 the loss is accumulated in float16 and overflows; fp32 is fine."""
+
+    name = "planted-bf16-overflow"
+
+    def plant(self, run, model, settings):
+        if settings.dtype == "bfloat16":
+            spec = run.trainer.spec
+            objective = spec.objective
+
+            def overflowing(model, batch, ref, stats, config):
+                loss, metrics = objective(model, batch, ref, stats, config)
+                scaled = (loss.astype(mx.float16) * 1e5).astype(mx.float32) / 1e5  # 65504 is float16's max
+                return scaled, metrics
+
+            run.trainer.spec = type(spec)(**{**spec.__dict__, "objective": overflowing})
+        return run

@@ -1,0 +1,101 @@
+"""`harness bisect` on a small trainer library's history."""
+
+import json
+import subprocess
+
+from support.bisect_repo import build
+from click.testing import CliRunner
+
+from mlxth.harness.cli import main
+
+
+def _state(repo):
+    def out(*args):
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True).stdout
+
+    return {
+        "head": out("rev-parse", "HEAD"), "branch": out("symbolic-ref", "-q", "HEAD"),
+        "status": out("status", "--porcelain", "--untracked-files=all"), "refs": out("for-each-ref"),
+        "worktrees": out("worktree", "list", "--porcelain"), "index": out("ls-files", "-s"),
+        "diff": out("diff"), "bisect": out("bisect", "log"),
+    }
+
+
+def test_bisect_names_the_commit_that_dropped_model_train(tmp_path):
+    repo = tmp_path / "mylib"
+    hashes = build(repo, commits=12, drop_train=9, broken=(6, 7))
+    (repo / "CHANGES").write_text("an uncommitted edit of the user's\n")  # a dirty working tree
+    (repo / "notes.txt").write_text("untracked\n")
+    before = _state(repo)
+    report = tmp_path / "bisect.json"
+    result = CliRunner().invoke(main, [
+        "bisect", "--repo", str(repo), "--good", hashes[0], "--bad", hashes[-1],
+        "--target", "harness_target.py:Target", "--trainer", "dpo", "--fixture", "tiny-linear-attn",
+        "--steps", "2", "--report", str(report)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    found = json.loads(report.read_text())
+    assert found["first_bad"] == hashes[8]
+    assert found["subject"] == "Simplify the step" and found["author_date"]
+    assert found["files"] == ["CHANGES", "mylib/dpo.py"]
+    assert [f["kind"] for f in found["failures"]] == ["vjp-missing"]
+    assert found["failures"][0]["case"] == "mylib/dpo/tiny-linear-attn/fp32"
+    verdicts = {s["commit"]: s["verdict"] for s in found["steps"]}
+    assert any(verdicts.get(hashes[i]) == "skip" for i in (5, 6)), verdicts  # the commits that don't import
+    assert all(verdicts[h] == "skip" for h in (hashes[5], hashes[6]) if h in verdicts)
+    assert f"first bad commit: {hashes[8]}" in result.output and "vjp-missing" in result.output
+    assert _state(repo) == before
+
+
+def test_bisect_without_a_regression_reports_none(tmp_path):
+    repo = tmp_path / "mylib"
+    hashes = build(repo, commits=4, drop_train=99, broken=())
+    before = _state(repo)
+    result = CliRunner().invoke(main, [
+        "bisect", "--repo", str(repo), "--good", hashes[0], "--bad", hashes[-1],
+        "--target", "harness_target.py:Target", "--trainer", "dpo", "--fixture", "tiny-llama", "--steps", "2"])
+    assert result.exit_code == 1
+    assert "no first bad commit" in result.output
+    assert _state(repo) == before
+
+
+def test_bisect_rejects_an_unknown_revision(tmp_path):
+    repo = tmp_path / "mylib"
+    build(repo, commits=2, drop_train=99, broken=())
+    result = CliRunner().invoke(main, ["bisect", "--repo", str(repo), "--good", "nope", "--bad", "HEAD"])
+    assert result.exit_code == 2 and "nope" in result.output
+
+
+def test_bisect_over_this_projects_own_history(tmp_path):
+    """Each step runs the project's own code at that commit (mlxth mapped to the worktree)."""
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    repo = tmp_path / "own"
+    repo.mkdir()
+    for name in ("harness", "trainers", "fixtures"):
+        shutil.copytree(root / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+
+    def commit(message):
+        for args in (["add", "-A"], ["commit", "-q", "-m", message]):
+            subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+        return subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
+                              text=True).stdout.strip()
+
+    subprocess.run(["git", "-C", str(repo), "init", "-q"], check=True)
+    subprocess.run(["git", "-C", str(repo), "config", "user.email", "dev@example.invalid"], check=True)
+    subprocess.run(["git", "-C", str(repo), "config", "user.name", "dev"], check=True)
+    good = commit("Reference trainers")
+    core = repo / "trainers" / "core.py"
+    text = core.read_text()
+    marker = "        model.train()  # the training-mode contract"
+    assert marker in text
+    core.write_text(text.replace(marker, "        pass  # mode left as the caller had it"))
+    bad_one = commit("Leave the model's mode alone")
+    (repo / "trainers" / "NOTES").write_text("later work\n")
+    bad = commit("Later work")
+    result = CliRunner().invoke(main, ["bisect", "--repo", str(repo), "--good", good, "--bad", bad,
+                                       "--trainer", "kto", "--fixture", "tiny-linear-attn", "--steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert f"first bad commit: {bad_one}" in result.output
+    assert "vjp-missing" in result.output and "trainers/core.py" in result.output
