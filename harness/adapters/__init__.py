@@ -1,20 +1,6 @@
-"""Target adapters for other MLX trainer libraries (issue 8).
-
-Each adapter drives one library through its public API on this project's
-fixtures: the model arrives as ``load_fixture`` leaves it (inference mode),
-the rows are the fixture data set, and the case's ``Settings`` are mapped onto
-the library's own configuration.  Nothing of the library is patched.
-
-Both libraries only offer "train for N iterations" functions.  To take one
-optimizer step at a time, ``StepLoop`` runs that function as a coroutine (a
-greenlet, on the harness's own thread) and suspends it at the end of every
-step, at a point the library itself exposes (a training callback, or its
-per-step log line); ``step()`` lets it run to the next such point.  Between steps the model is exactly the
-library's model after step k, so the harness can inspect and recompute on it.
-
-This module holds what both adapters share: ``StepLoop``, the routing of a
-library's console output, and the mapping of the standard
-hyper-parameter names onto a library's fields.
+"""What the target adapters share: stepping a library's "train for N steps" function one step at a
+time (``StepLoop``, a greenlet suspended at a point the library exposes), routing its console output,
+and mapping the standard hyper-parameter names onto its fields.
 """
 
 import collections

@@ -1,40 +1,7 @@
-"""Target adapter: mlx-lm-lora (``pip install mlx-lm-lora``; import name ``mlx_lm_lora``).
+"""Target adapter for mlx-lm-lora (import name ``mlx_lm_lora``), driven as its own CLI drives it.
 
-How the library is driven (public API only), mirroring its own CLI
-(``mlx_lm_lora.train.train_model``):
-
-* ``train_dpo`` / ``train_orpo`` / ``train_grpo`` from ``mlx_lm_lora.trainer``,
-  with ``DPOTrainingArgs`` / ``ORPOTrainingArgs`` / ``GRPOTrainingArgs`` set as
-  the CLI sets them (the CLI passes DPO's loss type only inside the args, so
-  does the adapter), the CLI's default optimizer (``optim.Adam`` at the
-  case's learning rate), and the CLI's seeding (``np.random.seed`` and
-  ``mx.random.seed`` with the case's seed).
-* The model is the one handed over (inference mode, as ``mlx_lm.load`` leaves
-  it); with ``lora_rank > 0`` it is frozen and given LoRA layers with
-  ``mlx_lm.tuner.utils.linear_to_lora_layers``, as the library's
-  ``from_pretrained`` does (scale 20, the reference trainers' scale).  Where
-  the CLI loads a second copy of the model as the reference (DPO, GRPO), the
-  adapter passes a frozen copy of the handed-over model.
-* Data: the fixture tokenizer has no chat template, so the rows are given in
-  the library's data-set item format (``DPODataset`` / ``ORPODataset`` items:
-  ``chosen`` / ``rejected`` token ids of prompt + completion + EOS and the
-  prompt length), tokenized as this project tokenizes them; GRPO uses the
-  library's ``GRPODataset`` with ``text_completion_key="prompt"`` (raw prompt,
-  no template).  GRPO samples with plain temperature (``top_p=1``,
-  ``top_k=0``), as the standard definition does.
-* Steps: the library's ``TrainingCallback.on_train_loss_report`` with
-  ``steps_per_report=1`` reports every iteration's exact loss and metrics; the
-  callback suspends the ``StepLoop`` coroutine there.  Timing and memory metrics are
-  left out of the record (they differ run to run).
-* ``Settings.compile``: the library always wraps its steps in ``mx.compile``;
-  with ``compile=False`` the adapter turns compilation off with MLX's own
-  global switch (``mx.disable_compile``) while the library runs.
-* Option ``extra["cpu_device_info_shim"]`` (default off): ``train_dpo`` and
-  ``train_orpo`` start with ``mx.set_wired_limit(mx.device_info()
-  ["max_recommended_working_set_size"])``, a key only Metal reports, so on the
-  CPU backend they raise ``KeyError`` before the first step.  With the option
-  on, ``mx.device_info`` (MLX, not the library) is wrapped to also report that
-  key as 0 while the library starts, so the rest of the trainer can be checked.
+How each setting maps onto the library, and what the adapter observes, is in
+the README ("How the adapters drive each library").
 """
 
 import tempfile

@@ -1,34 +1,7 @@
-"""Target adapter: mlx-tune (``pip install mlx-tune``; import name ``mlx_tune``).
+"""Target adapter for mlx-tune (import name ``mlx_tune``), driven through its public API only.
 
-How the library is driven (public API only):
-
-* The model is wrapped in ``mlx_tune.model.MLXModelWrapper`` exactly as
-  ``FastLanguageModel.from_pretrained`` wraps what ``mlx_lm.load`` returned
-  (the fixture loader does the ``mlx_lm`` part, so the model arrives in
-  inference mode).  With ``lora_rank > 0``, ``FastLanguageModel.get_peft_model``
-  configures LoRA (alpha = 20 * rank, the reference trainers' scale 20).
-  The library adds the LoRA layers only inside ``train()`` (there is no public
-  call to add them earlier), i.e. after the harness has recorded the trainable
-  set, so a ``lora`` variant case reports ``no-update`` for the full weights:
-  a limit of this adapter, not a finding about the library.
-* The trainer is ``DPOTrainer`` / ``ORPOTrainer`` / ``KTOTrainer`` /
-  ``SimPOTrainer`` / ``GRPOTrainer`` with its ``*Config``, built from the
-  fixture rows' text fields (the library tokenizes them itself).
-* ``trainer.train()`` runs all ``max_steps`` steps in one call and reports the
-  loss only on its console log (``logging_steps=1``: one line per step).  It
-  runs in a ``StepLoop`` coroutine; its console output is routed to a handler
-  that recognises the per-step line and suspends the library there.  The
-  printed loss is rounded to 4 decimals, so the handler reads the same number unrounded
-  from the library's logging frame (the local ``avg_loss`` it formats, and
-  ``avg_rew`` for GRPO): observation only, nothing is changed.
-* ``Settings.compile`` maps to the library's documented switch
-  ``MLX_TUNE_DISABLE_COMPILE`` (it compiles batch > 1 steps by default).
-* The library does not seed anything; the adapter calls ``mx.random.seed``
-  right before ``train()``.
-
-Data order: the library walks its data set in order (``step * batch + i``
-modulo its length), one prompt per step for GRPO; ``rows_for_step`` follows
-that rule.
+How each setting maps onto the library, and what the adapter observes, is in
+the README ("How the adapters drive each library").
 """
 
 import contextlib

@@ -1,20 +1,8 @@
-"""The checks applied to every case, and the failure kinds they produce.
+"""The checks every case gets and the failure kinds they produce (README, "What every case checks").
 
-Checks, in order (a case's failure is its first failing check):
-
-1. ``completes``       the requested steps ran            (vjp-missing, non-finite, exception, crash, timeout)
-2. ``training-mode``   training mode whenever a gradient is taken, observed   (train-mode)
-3. ``finite``          every loss and metric finite       (non-finite)
-4. ``updates``         trainable weights changed; reference and frozen weights did not  (no-update, frozen-changed)
-5. ``analytic``        first-step values known in closed form  (analytic-mismatch)
-6. ``reproducible``    a rerun gives an identical trace where the backend promises it  (not-reproducible)
-7. ``golden``          the trace matches its golden snapshot  (golden-drift; applied by the runner)
-8. ``loss-recompute``  the reported loss equals the standard formula on the case's own log-probs (loss-mismatch)
-
-A data-parallel case (``ranks`` > 1, ``distributed.py``) adds ``ranks-agree``
-after ``completes`` (rank-divergence), and its ``completes`` may fail with
-``rank-crash``; an equivalence class (``equivalence.py``) holds each member
-against its golden member (``equivalence``: equivalence-drift).
+A case's failure is its first failing check in ``ORDER``.  Data-parallel
+cases add ``ranks-agree``; equivalence classes hold each member to the golden
+member (``equivalence``).
 """
 
 import math

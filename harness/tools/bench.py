@@ -1,22 +1,10 @@
 """Step-time benchmarks and the statistical speed gate.
 
-Per case: warm-up steps (compilation included, reported separately), then
-timed steps.  Each timed trainer step is immediately followed by a timed
-*lower bound*: a bare forward+backward of the same policy on the same tokens,
-plus the frozen-model forwards the trainer's definition requires (the
-reference forward for DPO and KTO; KTO's mismatched-pair forwards).  The
-ratio step / lower bound says how much a trainer spends beyond the model.
-
-Because the two are measured back to back, machine noise (this 2-core CPU
-slows down in bursts of up to 1.5-1.8x) hits both alike, and the ratio is far
-steadier than either time.  The speed gate therefore compares per-step ratios,
-not raw times, between a saved baseline and the current run:
-
-    slowdown = median(current ratios) / median(baseline ratios) - 1
-
-with a 95% percentile-bootstrap interval (2000 resamples of each sample).
-The gate fails when the interval lies wholly above 0 (the slowdown is real)
-and reaches the threshold (it may be as large as the threshold).
+Each timed trainer step is followed by a timed lower bound: a bare
+forward+backward of the same policy on the same tokens, plus the frozen
+forwards the trainer's definition requires.  The gate compares per-step
+ratios step / bound against a baseline with a bootstrap interval, since
+machine noise hits both halves of a ratio alike (README, "Performance").
 """
 
 import time

@@ -1,23 +1,10 @@
-"""``harness bisect``: find the commit at which selected cases went from passing to failing.
+"""``harness bisect``: the commit at which selected cases went from passing to failing.
 
-It drives ``git bisect run`` in a throw-away linked worktree, so the user's
-working tree, index and current branch are never touched (bisect state lives
-in the worktree), and ``git bisect reset`` plus the worktree's removal happen
-even on Ctrl-C or an exception.
-
-Each step is a ``harness run`` of the selected cases, in a fresh process,
-against the code at that commit:
-
-* a target library's repository: the target spec (``file.py:Object`` or
-  ``package.module:Object``) is resolved inside the worktree, which is put on
-  ``PYTHONPATH``;
-* this project's own history: the worktree's ``harness/``, ``trainers/`` and
-  ``fixtures/`` are mapped to ``mlxth.*`` for that step.
-
-Results map to git's convention: pass 0, regression 1, cannot be tested 125
-(the code does not import, the case set is unknown there, a usage error).
-Goldens come from the good revision: the question is when the behaviour
-changed, not whether a commit matches its own goldens.
+``git bisect run`` in a throw-away linked worktree, so the user's working
+tree, index and branch are never touched; each step is a fresh ``harness run``
+against the code at that commit (a library's repository on ``PYTHONPATH``, or
+this project's own folders mapped to ``mlxth.*``), held to the good
+revision's goldens.  Exit codes follow git: good 0, bad 1, untestable 125.
 """
 
 import json

@@ -1,20 +1,10 @@
-"""``harness triage``: re-run a red case under controlled changes and say which one flips it.
+"""``harness triage``: re-run a red case under one controlled change at a time and say which flips it.
 
-The ladder, each rung a single change to the failing case:
-
-    force-train     the model in training mode inside every differentiated function
-    force-eval      the model in inference mode there instead
-    kernel-off      the fixture's fused inference kernel off (tiny-linear-attn)
-    compile         mx.compile toggled
-    dtype           fp32 <-> bf16
-    device          CPU instead of the GPU (where a GPU exists)
-    reference       reference log-probs precomputed instead of recomputed (or back)
-    batch-1         micro-batches of one example, accumulated to the same step batch
-
-A rung *flips* the case when the changed run passes: every check, the golden
-included where the change must not move the numbers (compared with the
-approximate tolerance, since summation order may change), the golden left
-out where it must (bf16).  The diagnosis names the rungs that flip it.
+The rungs (``RUNGS``): training mode forced around the gradient, inference
+mode forced, the fused kernel off, ``mx.compile`` toggled, fp32 <-> bf16, the
+CPU instead of a GPU, reference log-probs precomputed, micro-batches of one.
+A rung flips the case when the changed run passes every check, its golden
+included (approximately) where the change must not move the numbers.
 """
 
 from dataclasses import replace

@@ -11,7 +11,6 @@ baseline by ``harness.bench.compare`` at the default 10% threshold.
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from mlxth.harness.tools.bench import bench, compare
 from mlxth.harness.model import Case, case_settings

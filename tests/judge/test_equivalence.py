@@ -1,7 +1,6 @@
 """Equivalence classes: batch 4 == batch 2 x accumulation 2 == 2 ranks x batch 2, per trainer,
 and the planted accumulation / data-parallel faults each caught with its own kind."""
 
-from pathlib import Path
 
 import pytest
 

@@ -1,6 +1,5 @@
 """`harness triage`: the right diagnosis for three planted causes."""
 
-from pathlib import Path
 
 from click.testing import CliRunner
 
