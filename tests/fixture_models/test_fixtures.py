@@ -59,15 +59,54 @@ def test_fixture_weights_are_small_committed_files(fixture_name):
 
 def test_regenerating_weights_reproduces_committed_files(tmp_path):
     """The generator is deterministic and independent of MLX's RNG."""
-    from mlxth.fixtures.generate import generate
+    from mlxth.fixtures.generate import CONFIGS, generate
 
-    for name in FIXTURES:
+    for name in CONFIGS:
         generate(name, tmp_path)
         fresh = mx.load(str(tmp_path / name / "model.safetensors"))
         committed = mx.load(str(fixture_path(name) / "model.safetensors"))
         assert fresh.keys() == committed.keys()
         for key in fresh:
             assert mx.array_equal(fresh[key], committed[key]), (name, key)
+
+
+def test_the_warm_fixture_is_confident_and_ends_answers_at_eos():
+    """tiny-warm exists to reach the terms a near-uniform model hides: its completions are likely,
+    and sampled GRPO answers end at EOS at different lengths with rewards that differ in a group."""
+    from mlxth.fixtures.datasets import load_dataset
+    from mlxth.fixtures.rewards import exact_match_reward
+
+    def mean_token_prob(name):
+        model, tok = load_fixture(name)
+        probs = []
+        for row in load_dataset("preference", tokenizer=tok)[:8]:
+            seq = row["prompt_ids"] + row["chosen_ids"]
+            logits = model(mx.array([seq[:-1]])).astype(mx.float32)[0]
+            logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+            start = len(row["prompt_ids"]) - 1
+            probs += [float(mx.exp(logp[start + i, t])) for i, t in enumerate(row["chosen_ids"])]
+        return sum(probs) / len(probs)
+
+    assert mean_token_prob("tiny-llama") < 0.01
+    assert mean_token_prob("tiny-warm") > 0.5
+    model, tok = load_fixture("tiny-warm")
+    rows = load_dataset("grpo", tokenizer=tok)[:6]
+    mx.random.seed(0)
+    lengths, mixed = set(), 0
+    for row in rows:
+        tokens = mx.array([row["prompt_ids"]] * 4)
+        outs = [[] for _ in range(4)]
+        for _ in range(8):
+            nxt = mx.random.categorical(model(tokens)[:, -1, :].astype(mx.float32))
+            tokens = mx.concatenate([tokens, nxt[:, None]], axis=1)
+            for out, t in zip(outs, nxt.tolist()):
+                if not out or out[-1] != tok.eos_token_id:
+                    out.append(t)
+        ended = [o for o in outs if o[-1] == tok.eos_token_id]
+        lengths.update(len(o) for o in ended)
+        rewards = {exact_match_reward(row["prompt"], tok.decode(o[:-1]), row) for o in ended}
+        mixed += len(rewards) > 1
+    assert len(lengths) > 1 and mixed > 0
 
 
 def test_unknown_fixture_is_a_clear_error():
