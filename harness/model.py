@@ -1,7 +1,10 @@
 """The case model: the settings a target is asked to honour, a case, and the default matrix.
 
-A case is target x trainer x fixture x variant.  A variant changes how a case
-runs (dtype, LoRA, compilation), never what it checks.
+A case is target x trainer x fixture x variant, plus, for the scenarios, a
+name.  A variant changes how a case runs (dtype, LoRA, compilation); a
+scenario leaves the easy path on purpose (non-default hyper-parameters, a
+confident model, a reference that differs from the policy, GRPO clipping and
+EOS) and says which paths it must reach and which knobs must move the trace.
 """
 
 from dataclasses import asdict, dataclass, field, replace
@@ -32,6 +35,62 @@ TRAINER_SETTINGS = {
 DATA_PARALLEL_SETTINGS = {"grpo": {"rollout_rng": "per-prompt"}}
 
 
+@dataclass(frozen=True)
+class Scenario:
+    fixture: str
+    extra: dict = field(default_factory=dict)  # trainer hyper-parameters
+    settings: dict = field(default_factory=dict)  # other Settings fields
+    reference_fixture: str = ""  # a reference model other than a copy of the policy
+    expects: tuple = ()  # paths the trace must show it reached (see judge.companions.COVERAGE)
+    knobs: tuple = ()  # (name, second value): each must change the trace
+    companion: str = ""  # "equivalence": the run is held to batch B taken in one micro-batch
+
+
+_GRPO_HARD = {"num_iterations": 2, "beta": 0.04, "epsilon": 0.05, "max_completion_length": 8,
+              "num_generations": 4, "temperature": 1.0}
+# Non-default values on the warm fixture, so that every documented field has a measurable effect.
+SCENARIOS = {
+    "dpo": {
+        "smoothed": Scenario("tiny-warm", {"beta": 0.5, "label_smoothing": 0.2}, reference_fixture="tiny-llama",
+                             knobs=(("beta", 0.1), ("label_smoothing", 0.0), ("loss_type", "hinge"))),
+        "ipo": Scenario("tiny-warm", {"loss_type": "ipo", "beta": 0.3}, reference_fixture="tiny-llama"),
+        "hinge": Scenario("tiny-warm", {"loss_type": "hinge", "beta": 0.5}, reference_fixture="tiny-llama"),
+        "accumulation": Scenario("tiny-llama", settings={"batch_size": 2, "grad_accumulation_steps": 2},
+                                 companion="equivalence"),
+    },
+    "orpo": {
+        "odds": Scenario("tiny-warm", {"beta": 0.5}, knobs=(("beta", 0.1),)),
+        "accumulation": Scenario("tiny-llama", settings={"batch_size": 2, "grad_accumulation_steps": 2},
+                                 companion="equivalence"),
+    },
+    "kto": {
+        "weighted": Scenario("tiny-warm", {"beta": 0.2, "desirable_weight": 1.33, "undesirable_weight": 0.75},
+                             reference_fixture="tiny-llama", expects=("kl-positive-from-start",),
+                             knobs=(("beta", 0.1), ("desirable_weight", 1.0), ("undesirable_weight", 1.0))),
+        "accumulation": Scenario("tiny-llama", settings={"batch_size": 2, "grad_accumulation_steps": 2},
+                                 companion="equivalence"),
+    },
+    "simpo": {
+        "margin": Scenario("tiny-warm", {"beta": 2.5, "gamma": 0.5}, knobs=(("beta", 2.0), ("gamma", 1.0))),
+        "accumulation": Scenario("tiny-llama", settings={"batch_size": 2, "grad_accumulation_steps": 2},
+                                 companion="equivalence"),
+    },
+    "grpo": {
+        **{loss: Scenario("tiny-warm", {**_GRPO_HARD, "loss_type": loss}, settings={"learning_rate": 1e-3},
+                          expects=("clipped", "lengths-vary", "kl-positive"))
+           for loss in ("grpo", "bnpo", "dr_grpo")},
+        "dapo": Scenario("tiny-warm", {**_GRPO_HARD, "loss_type": "dapo"}, settings={"learning_rate": 1e-3},
+                         expects=("clipped", "lengths-vary", "kl-positive"),
+                         knobs=(("beta", 0.0), ("loss_type", "grpo"), ("epsilon", 0.2), ("epsilon_high", 0.1),
+                                ("num_iterations", 1), ("scale_rewards", "none"), ("temperature", 0.7),
+                                ("max_completion_length", 2), ("num_generations", 2))),
+        "accumulation": Scenario("tiny-llama", {"rollout_rng": "per-prompt"},
+                                 settings={"batch_size": 1, "grad_accumulation_steps": 2},
+                                 companion="equivalence"),
+    },
+}
+
+
 def completion_fields(trainer: str) -> tuple:
     return COMPLETION_FIELDS[DATASETS[trainer]]
 
@@ -52,6 +111,9 @@ class Settings:
     # Data-parallel ranks (mlx.launch); ``batch_size`` is per rank, so a step
     # holds batch_size x grad_accumulation_steps x ranks rows.
     ranks: int = 1
+    # A fixture to use as the frozen reference instead of a copy of the policy (same tokenizer and
+    # architecture); empty: the policy's copy, as trainers do by default.
+    reference_fixture: str = ""
     # Trainer-specific hyper-parameters (beta, loss_type, ...), passed through.
     extra: dict = field(default_factory=dict)
 
@@ -69,11 +131,18 @@ class Case:
     target_spec: str = ""  # how a worker process loads the target (name or import spec); default: target
     # Worker-level toggles used by triage: force-train, force-eval, kernel-off, cpu.
     interventions: tuple = ()
+    scenario: str = ""  # a name in SCENARIOS[trainer]; empty: the trainer's defaults
 
     @property
     def id(self) -> str:
         ranks = f"/{self.settings.ranks}ranks" if self.settings.ranks > 1 else ""
-        return f"{self.target}/{self.trainer}/{self.fixture}/{self.variant}{ranks}"
+        scenario = f"/{self.scenario}" if self.scenario else ""
+        return f"{self.target}/{self.trainer}/{self.fixture}/{self.variant}{scenario}{ranks}"
+
+    @property
+    def spec(self):
+        """The case's scenario (None for the trainer's defaults)."""
+        return SCENARIOS[self.trainer][self.scenario] if self.scenario else None
 
     @property
     def dataset(self) -> str:
@@ -88,7 +157,18 @@ class Case:
                       "interventions": tuple(data.get("interventions", ()))})
 
 
-def case_settings(trainer: str, variant: str, steps: int, ranks: int = 1) -> Settings:
+SETTINGS_FIELDS = ("steps", "learning_rate", "batch_size", "grad_accumulation_steps", "max_length", "seed",
+                   "lora_rank", "compile", "dtype", "ranks", "reference_fixture")
+
+
+def with_setting(settings: Settings, name: str, value) -> Settings:
+    """``settings`` with one field (or, for a trainer's own hyper-parameter, one ``extra`` entry) changed."""
+    if name in SETTINGS_FIELDS:
+        return replace(settings, **{name: value})
+    return replace(settings, extra={**settings.extra, name: value})
+
+
+def case_settings(trainer: str, variant: str, steps: int, ranks: int = 1, scenario: str = "") -> Settings:
     """A case's settings; with ``ranks`` > 1 the case's batch is split over the ranks (the
     same global step, so the single-process golden still applies)."""
     settings = Settings(steps=steps)
@@ -96,6 +176,10 @@ def case_settings(trainer: str, variant: str, steps: int, ranks: int = 1) -> Set
     settings = replace(settings, **{k: v for k, v in per_trainer.items() if k != "extra"})
     settings.extra = dict(per_trainer.get("extra", {}))
     settings = replace(settings, **VARIANTS[variant])
+    if scenario:
+        spec = SCENARIOS[trainer][scenario]
+        settings = replace(settings, **spec.settings, reference_fixture=spec.reference_fixture)
+        settings.extra.update(spec.extra)
     if ranks > 1:
         if settings.batch_size % ranks:
             raise ValueError(f"{trainer}: a batch of {settings.batch_size} cannot be split over {ranks} ranks")
@@ -104,16 +188,25 @@ def case_settings(trainer: str, variant: str, steps: int, ranks: int = 1) -> Set
     return settings
 
 
-def build_matrix(target, trainers=(), fixtures=(), variants=(), steps=3, ranks=1):
+def build_matrix(target, trainers=(), fixtures=(), variants=(), steps=3, ranks=1, scenarios=True):
     """The cases for one loaded target; empty filters mean everything the target offers.
 
-    Raises ``ValueError`` when a case's batch cannot be split over ``ranks``."""
+    The scenarios of each trainer come after its plain cases, in fp32 (when fp32 is selected)
+    on their own fixture (when it is selected).  Raises ``ValueError`` when a case's batch
+    cannot be split over ``ranks``."""
     trainers = trainers or tuple(t for t in TRAINERS if t in target.trainers())
-    fixtures = fixtures or FIXTURES
     variants = variants or DEFAULT_VARIANTS
-    return [
-        Case(target.name, t, f, v, case_settings(t, v, steps, ranks), target.spec)
-        for t in trainers
-        for f in fixtures
-        for v in variants
-    ]
+    cases = []
+    for t in trainers:
+        cases += [Case(target.name, t, f, v, case_settings(t, v, steps, ranks), target.spec)
+                  for f in (fixtures or FIXTURES) for v in variants]
+        if not scenarios or "fp32" not in variants:
+            continue
+        for name, spec in SCENARIOS[t].items():
+            if fixtures and spec.fixture not in fixtures:
+                continue
+            if ranks > 1 and spec.companion:
+                continue  # a split of a split: the plain cases carry the data-parallel check
+            cases.append(Case(target.name, t, spec.fixture, "fp32", case_settings(t, "fp32", steps, ranks, name),
+                              target.spec, scenario=name))
+    return cases

@@ -4,6 +4,7 @@ from dataclasses import asdict, fields
 
 import mlx.core as mx
 
+from ...fixtures import load_fixture
 from ...fixtures.rewards import DEFAULT_REWARDS
 from ...trainers import SPECS, make_trainer
 from ..model import Settings
@@ -13,7 +14,7 @@ def trainer_config(trainer: str, settings: Settings):
     """The reference trainer's config for a case's settings."""
     config_class = SPECS[trainer].config_class
     names = {f.name for f in fields(config_class)}
-    values = {k: v for k, v in settings.to_dict().items() if k in names}
+    values = {k: v for k, v in settings.to_dict().items() if k in names}  # reference_fixture: prepare's
     unknown = sorted(set(settings.extra) - names)
     if unknown:
         raise ValueError(f"{trainer}: unknown hyper-parameter(s) {', '.join(unknown)}")
@@ -29,6 +30,10 @@ class ReferenceRun:
             kwargs["group"] = mx.distributed.init()
             if kwargs["group"].size() != ranks:
                 raise ValueError(f"settings ask for {ranks} ranks, the process group has {kwargs['group'].size()}")
+        if settings.reference_fixture:
+            reference, _ = load_fixture(settings.reference_fixture)
+            reference.set_dtype(getattr(mx, settings.dtype))
+            kwargs["reference_model"] = reference
         self.trainer = make_trainer(SPECS[trainer], model, config, tokenizer, **kwargs)
         if config.precompute_reference:
             self.trainer.precompute_reference(rows)

@@ -44,7 +44,7 @@ def run_command(target, trainers, fixtures, variants, steps, reports_dir, snapsh
     key = target_obj.golden_key
     if strict and not update_snapshots:
         missing = [c.id for c in cases if not golden.golden_path(
-            snapshots_dir, env["backend"], key, c.trainer, c.fixture, c.variant).exists()]
+            snapshots_dir, env["backend"], key, c.trainer, c.fixture, c.variant, c.scenario).exists()]
         if missing:
             fail_usage(f"--strict: no golden for {len(missing)} case(s), first {missing[0]}")
 
@@ -65,6 +65,14 @@ def run_command(target, trainers, fixtures, variants, steps, reports_dir, snapsh
     out = report.write_reports(Path(reports_dir), run)
     click.echo()
     click.echo(report.summary_table(results))
+    if update_snapshots:
+        updates = [c["detail"] for r in results for c in r["checks"] if c["name"] == "golden"
+                   and c["status"] == "pass" and not c["detail"].startswith("unchanged")]
+        unchanged = sum(c["detail"].startswith("unchanged") for r in results for c in r["checks"]
+                        if c["name"] == "golden")
+        click.echo(f"\ngoldens: {len(updates)} written, {unchanged} unchanged")
+        for line in updates:
+            click.echo(f"  {line}")
     c = run["summary"]
     click.echo(f"\n{c['pass']} passed, {c['fail']} failed, {c['error']} errors in {run['duration_s']:.1f}s; "
                f"reports in {out}")

@@ -10,8 +10,9 @@ import math
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-ORDER = ("completes", "ranks-agree", "training-mode", "finite", "updates", "analytic", "reproducible", "golden",
-         "loss-recompute", "equivalence")
+# The most specific first: a case's kind names what is wrong, before any check that only says "different".
+ORDER = ("completes", "ranks-agree", "training-mode", "finite", "updates", "loss-recompute", "metric-recompute",
+         "analytic", "dead-knob", "coverage", "equivalence", "reproducible", "config", "golden")
 
 EXPLANATIONS = {
     "vjp-missing": (
@@ -36,6 +37,12 @@ EXPLANATIONS = {
         "do not: a normaliser, the accumulation or the gradient averaging is wrong"
     ),
     "import-error": "the implementation under test does not import",
+    "metric-mismatch": "a reported metric differs from its standard definition on the same log-probs",
+    "dead-knob": "a documented hyper-parameter changes nothing: the trainer ignores it",
+    "path-not-reached": "the case did not reach the path it exists for (clipping, varied lengths, a positive KL)",
+    "preflight": "what the target prepared cannot train correctly (a reference that is the policy, nothing "
+                 "trainable)",
+    "config-drift": "the trainer's resolved configuration differs from the golden's: a default or a mapping changed",
 }
 
 
@@ -49,7 +56,8 @@ def skipped(name, detail):
 
 def completes(records, error, steps):
     if error is not None:
-        return _check("completes", False, f"step {error['step']}: {error['message']}", error["kind"])
+        where = f"step {error['step']}: " if error.get("step") is not None else ""
+        return _check("completes", False, f"{where}{error['message']}", error["kind"])
     return _check("completes", len(records) == steps, f"{len(records)}/{steps} steps", "exception")
 
 
@@ -85,10 +93,21 @@ def _changed(before, after_tree):
     return [k for k, v in before.items() if k in after and not bool(mx.array_equal(v, after[k]))]
 
 
-def updates(obs):
+def _is_adapter(name: str) -> bool:
+    return "lora_a" in name or "lora_b" in name
+
+
+def updates(obs, lora: bool = False):
+    """Trainable weights moved; frozen ones (the reference; under LoRA every base weight) bitwise equal.
+
+    Under LoRA what may move is decided here, by name (mlx-lm's ``lora_a`` / ``lora_b``), not read from the
+    model: a setup that forgets to freeze the base has nothing else to hold it to."""
     model = obs["model"]
     after = tree_flatten(model.parameters())
-    trainable = set(obs["trainable_keys"]) | {k for k, _ in tree_flatten(model.trainable_parameters())}
+    if lora:
+        trainable = {k for k, _ in after if _is_adapter(k)}
+    else:
+        trainable = set(obs["trainable_keys"]) | {k for k, _ in tree_flatten(model.trainable_parameters())}
     # Tensors that appeared during training are judged from the end of step 1 on.
     before = {**obs.get("after_first", {}), **obs["before"]}
     changed = _changed(before, after)
@@ -105,12 +124,19 @@ def updates(obs):
 
 def analytic(case, records, hp, tolerances):
     """Closed-form first-step values: the policy equals the reference at step 1."""
+    if case.settings.reference_fixture:
+        return skipped("analytic", "the reference differs from the policy at step 1")
     first = records[0]["loss"]
     tol = tolerances["analytic_atol"]
-    if case.trainer == "dpo" and hp.get("loss_type") == "sigmoid" and hp.get("label_smoothing") == 0:
-        expected, why = math.log(2), "DPO sigmoid loss is ln 2 when policy == reference"
-    elif case.trainer == "kto" and hp.get("desirable_weight") == hp.get("undesirable_weight") == 1.0:
-        expected, why = 0.5, "KTO loss is 1 - sigmoid(0) = 0.5 when policy == reference"
+    if case.trainer == "dpo" and hp.get("loss_type") == "sigmoid":
+        expected, why = math.log(2), "DPO sigmoid loss (any label smoothing) is ln 2 when policy == reference"
+    elif case.trainer == "dpo" and hp.get("loss_type") == "hinge":
+        expected, why = 1.0, "DPO hinge loss is relu(1 - 0) = 1 when policy == reference"
+    elif case.trainer == "dpo" and hp.get("loss_type") == "ipo":
+        expected, why = 1 / (4 * hp["beta"] ** 2), "IPO loss is (0 - 1/(2 beta))^2 when policy == reference"
+    elif case.trainer == "kto" and "desirable_weight" in hp and hp["desirable_weight"] == hp["undesirable_weight"]:
+        expected = 0.5 * hp["desirable_weight"]
+        why = "KTO loss is w (1 - sigmoid(0)) = w/2 when policy == reference (z = 0)"
     elif case.trainer == "grpo" and hp.get("beta") == 0 and hp.get("num_iterations") == 1:
         expected, why = 0.0, "GRPO loss value is 0 with beta = 0 and one step per batch"
     else:
@@ -130,16 +156,45 @@ def reproducible(records, rerun, rerun_error):
     return _check("reproducible", len(records) == len(rerun), "rerun bitwise identical", "not-reproducible")
 
 
-def loss_recompute(recomputed, records, tolerances):
-    if recomputed is None:
-        return skipped("loss-recompute", "no independent formula for this trainer/target")
-    step, expected = recomputed
-    reported = records[step - 1]["loss"]
+def recompute(recomputed, skip_reason, records, tolerances):
+    """The reported loss and metrics of every step against the standard definitions on the same inputs."""
+    if not recomputed:
+        why = skip_reason or "no independent formula for this trainer/target"
+        return [skipped("loss-recompute", why), skipped("metric-recompute", why)]
     rtol, atol = tolerances["recompute_rtol"], tolerances["recompute_atol"]
-    ok = abs(reported - expected) <= atol + rtol * abs(expected)
-    return _check("loss-recompute", ok,
-                  f"step {step}: reported {reported:.7g}, standard formula {expected:.7g} (rtol {rtol:g})",
-                  "loss-mismatch")
+    by_step = {r["step"]: r for r in records}
+
+    def off(reported, expected):
+        return not (isinstance(reported, (int, float)) and abs(reported - expected) <= atol + rtol * abs(expected))
+
+    loss_bad = metric_bad = None
+    compared = set()
+    for item in recomputed:
+        record = by_step.get(item["step"], {})
+        if loss_bad is None and off(record.get("loss"), item["loss"]):
+            loss_bad = (item["step"], record.get("loss"), item["loss"])
+        for key, expected in item["metrics"].items():
+            if key in record:
+                compared.add(key)
+                if metric_bad is None and off(record[key], expected):
+                    metric_bad = (item["step"], key, record[key], expected)
+    steps = f"steps {recomputed[0]['step']}-{recomputed[-1]['step']}"
+    if loss_bad:
+        step, reported, expected = loss_bad
+        loss = _check("loss-recompute", False, f"step {step}: reported loss {reported!r}, standard formula "
+                                               f"{expected:.7g} (rtol {rtol:g}, atol {atol:g})", "loss-mismatch")
+    else:
+        loss = _check("loss-recompute", True, f"{steps}: the reported loss is the standard formula's")
+    if metric_bad:
+        step, key, reported, expected = metric_bad
+        metric = _check("metric-recompute", False, f"step {step}: {key} reported {reported!r}, standard "
+                                                   f"definition {expected:.7g} (rtol {rtol:g}, atol {atol:g})",
+                        "metric-mismatch")
+    elif compared:
+        metric = _check("metric-recompute", True, f"{steps}: {', '.join(sorted(compared))} as defined")
+    else:
+        metric = skipped("metric-recompute", "the target reports none of the standard metrics")
+    return [loss, metric]
 
 
 def conclude(result):

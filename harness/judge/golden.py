@@ -23,8 +23,9 @@ SPLIT_SETTINGS = ("batch_size", "grad_accumulation_steps", "ranks", "steps")
 NOT_COMPARED = ("step", "learning_rate")
 
 
-def golden_path(root, backend, target, trainer, fixture, variant) -> Path:
-    return Path(root) / backend / target / trainer / f"{fixture}--{variant}.json"
+def golden_path(root, backend, target, trainer, fixture, variant, scenario="") -> Path:
+    name = f"{fixture}--{variant}" + (f"--{scenario}" if scenario else "")
+    return Path(root) / backend / target / trainer / f"{name}.json"
 
 
 def tolerance(golden_env: dict, env: dict, dtype: str, approximate: bool = False):
@@ -63,8 +64,38 @@ def dumps(trace: dict) -> str:
 
 def trace_of(result: dict) -> dict:
     """The part of a case result that a golden holds."""
-    return {"case": result["id"], "environment": result["environment"],
-            "settings": result["case"]["settings"], "steps": result["steps"]}
+    trace = {"case": result["id"], "environment": result["environment"],
+             "settings": result["case"]["settings"], "steps": result["steps"]}
+    if result.get("config") is not None:
+        trace["config"] = result["config"]
+    return trace
+
+
+def config_check(golden: dict, result: dict) -> dict:
+    """The trainer's resolved configuration against the golden's, field by field, before any number."""
+    want, got = golden.get("config"), result.get("config")
+    if want is None or got is None:
+        whose = "the golden records" if want is None else "the target reports"
+        return checks.skipped("config", f"{whose} no resolved trainer configuration")
+    changed = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+    if changed:
+        shown = "; ".join(f"{k}: golden {want.get(k)!r}, now {got.get(k)!r}" for k in changed[:3])
+        more = f" (and {len(changed) - 3} more)" if len(changed) > 3 else ""
+        return {"name": "config", "status": "fail", "kind": "config-drift", "detail": shown + more}
+    return {"name": "config", "status": "pass", "kind": None, "detail": f"{len(want)} fields as in the golden"}
+
+
+def describe_change(old: dict, new: dict) -> str:
+    """What an update changes in a golden: the first config field, else the first step and key that differ."""
+    check = config_check(old, new)
+    if check["status"] == "fail":
+        return f"config {check['detail']}"
+    diff = first_divergence(old.get("steps", []), new["steps"], 0.0, 0.0)
+    if diff is not None:
+        step, key, before, after = diff
+        return f"step {step}: {key} {before!r} -> {after!r}"
+    return "environment only: " + ("; ".join(version_drift(old.get("environment", {}), new["environment"]))
+                                   or "same numbers")
 
 
 def read(path: Path) -> dict:
@@ -180,19 +211,30 @@ def apply_golden(result: dict, root: Path, golden_key: str, update: bool) -> dic
     ranks = case["settings"].get("ranks", 1)
     update = update and ranks == 1  # goldens are single-process traces
     path = golden_path(root, result["environment"]["backend"], golden_key, case["trainer"], case["fixture"],
-                       case["variant"])
+                       case["variant"], case.get("scenario", ""))
     others_pass = result["status"] == "pass"
+    extra = []
     if update and others_pass:
-        write_atomic(path, dumps(trace_of(result)))
-        check = {"name": "golden", "status": "pass", "kind": None, "detail": f"written to {path}"}
+        text = dumps(trace_of(result))
+        if not path.exists():
+            detail = f"new golden written to {path}"
+        elif path.read_text() == text:
+            detail = f"unchanged: {path}"
+        else:
+            detail = f"rewritten {path}: {describe_change(read(path), trace_of(result))}"
+        if not detail.startswith("unchanged"):
+            write_atomic(path, text)
+        check = {"name": "golden", "status": "pass", "kind": None, "detail": detail}
     elif path.exists() and ranks > 1:
         check = data_parallel_check(read(path), result)
     elif path.exists():
-        check = compare(read(path), result)
+        golden = read(path)
+        check = compare(golden, result)
+        extra.append(config_check(golden, result))
     else:
         check = checks.skipped("golden", f"no golden at {path} (run with --update-snapshots to record one)")
     if update and not others_pass:
         check["detail"] += " (not updated: the case fails other checks)"
-    result["checks"] = [c for c in result["checks"] if c["name"] != "golden"] + [check]
+    result["checks"] = [c for c in result["checks"] if c["name"] not in ("golden", "config")] + [check] + extra
     result["golden_path"] = str(path)
     return checks.conclude(result)

@@ -36,19 +36,24 @@ def _logps(model, rows, field, shift=False):
 
 def recompute_loss(trainer: str, policy, reference, rows, hp: dict) -> float:
     """The standard loss of ``trainer`` on ``rows`` with hyper-parameters ``hp``."""
+    return recompute_step(trainer, policy, reference, rows, hp)[0]
+
+
+def recompute_step(trainer: str, policy, reference, rows, hp: dict):
+    """The standard ``(loss, metrics)`` of ``trainer`` on ``rows`` with hyper-parameters ``hp``."""
     if trainer in ("dpo", "orpo", "simpo"):
         pc, nc = _logps(policy, rows, "chosen")
         pr, nr = _logps(policy, rows, "rejected")
         if trainer == "orpo":
-            return formulas.orpo(pc, pr, nc, nr, beta=hp["beta"])[0]
+            return formulas.orpo(pc, pr, nc, nr, beta=hp["beta"])
         if trainer == "simpo":
-            return formulas.simpo(pc, pr, nc, nr, beta=hp["beta"], gamma=hp["gamma"])[0]
+            return formulas.simpo(pc, pr, nc, nr, beta=hp["beta"], gamma=hp["gamma"])
         rc, _ = _logps(reference, rows, "chosen")
         rr, _ = _logps(reference, rows, "rejected")
         if hp["loss_type"] == "ipo":
             pc, pr, rc, rr = pc / nc, pr / nr, rc / nc, rr / nr
         return formulas.dpo(pc, pr, rc, rr, beta=hp["beta"], loss_type=hp["loss_type"],
-                            label_smoothing=hp["label_smoothing"])[0]
+                            label_smoothing=hp["label_smoothing"])
     if trainer == "kto":
         p, _ = _logps(policy, rows, "completion")
         r, _ = _logps(reference, rows, "completion")
@@ -57,5 +62,5 @@ def recompute_loss(trainer: str, policy, reference, rows, hp: dict) -> float:
         z = formulas.kto_z(pm, rm)
         labels = [bool(row["label"]) for row in rows]
         return formulas.kto(p, r, labels, z, beta=hp["beta"], desirable_weight=hp["desirable_weight"],
-                            undesirable_weight=hp["undesirable_weight"])[0]
+                            undesirable_weight=hp["undesirable_weight"])
     raise KeyError(trainer)

@@ -24,6 +24,7 @@ import sys
 import time
 import traceback
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 
 import mlx.core as mx
@@ -33,12 +34,12 @@ from ...fixtures import load_fixture
 from ...fixtures.datasets import load_dataset
 from ..adapters.reference import trainer_config
 from ..env import deterministic, environment
-from ..judge import checks
+from ..judge import checks, companions
 from ..judge.golden import check_tolerances
-from ..judge.recompute import recompute_loss
-from ..model import Case, completion_fields
+from ..model import Case, with_setting
 from ..target import load_target
 from .modes import ForcedMode, ModeProbe
+from .oracle import StepOracle, load_reference
 
 VJP_MISSING = "[Primitive::vjp] Not implemented for CustomKernel"
 
@@ -84,12 +85,13 @@ def _hyperparameters(run, case) -> dict:
         return {}
 
 
-def run_once(case: Case, probe: bool, recheck_step: int = 0, on_step=None):
-    """Take the case's steps; return (records, error, observations).  ``on_step(record)`` follows each step."""
+def run_once(case: Case, probe: bool, oracle: bool = False, on_step=None):
+    """Take the case's steps; return (records, error, observations).  ``on_step(record)`` follows each step;
+    ``oracle``: recompute every step from the standard definitions (``obs["recomputed"]``)."""
     target = load_target(case.target_spec or case.target)
     model, tokenizer, rows = _load(case)
-    obs = {"recomputed": None}
-    records, error = [], None
+    obs = {"recomputed": [], "recompute_skipped": None}
+    records, error, step_oracle = [], None, None
     probe_ctx = ModeProbe(model) if probe else None
     contexts = ExitStack()
     for mode in ("force-train", "force-eval"):
@@ -99,22 +101,31 @@ def run_once(case: Case, probe: bool, recheck_step: int = 0, on_step=None):
         contexts.enter_context(probe_ctx)
     try:
         obs["target_version"] = target.version()
+        if oracle:
+            config = {"use_fused_kernel": False} if "kernel-off" in case.interventions else None
+            oracle_reference = load_reference(case, config)
         run = target.prepare(case.trainer, model, tokenizer, rows, case.settings)
         obs["trainable_keys"] = [k for k, _ in tree_flatten(model.trainable_parameters())]
         obs["before"] = _snapshot(model)
         obs["reference"] = run.reference_model
         obs["reference_before"] = _snapshot(obs["reference"])
         obs["hp"] = hp = _hyperparameters(run, case)
+        problems = companions.preflight(model, obs["reference"])
+        if problems:
+            raise PreflightError("; ".join(problems))
+        if oracle:
+            step_oracle = StepOracle(case, model, tokenizer, run, hp, oracle_reference)
         for k in range(1, case.settings.steps + 1):
-            if k == recheck_step and completion_fields(case.trainer):
-                step_rows = run.rows_for_step(k)
-                if step_rows is not None:
-                    reference, _ = _fixture_model(case)
-                    obs["recomputed"] = (k, recompute_loss(case.trainer, model, reference, step_rows, hp))
+            if step_oracle is not None:
+                step_oracle.before(k)
             record = run.step()
+            if not isinstance(record, dict):
+                raise TypeError(f"step() returned {type(record).__name__}, not a dict of the step's loss and metrics")
             if k == 1:  # for tensors a target creates inside its first step (LoRA added by train())
                 obs["after_first"] = _snapshot(model)
             records.append({"step": k, **{key: _plain(v) for key, v in record.items() if key != "step"}})
+            if step_oracle is not None:
+                step_oracle.after(k)
             if on_step is not None:
                 on_step(records[-1])
     except Exception as err:  # noqa: BLE001 - any failure of the target is this case's result
@@ -122,15 +133,56 @@ def run_once(case: Case, probe: bool, recheck_step: int = 0, on_step=None):
                  "step": len(records) + 1, "traceback": traceback.format_exc(limit=8)}
     finally:
         contexts.close()
+    if step_oracle is not None:
+        obs["recomputed"], obs["recompute_skipped"] = step_oracle.results, step_oracle.skipped
     obs["model"] = model
     obs["probe"] = probe_ctx
     return records, error, obs
+
+
+class PreflightError(RuntimeError):
+    """What the target prepared cannot train correctly; no step is taken."""
 
 
 def _plain(value):
     if isinstance(value, mx.array):
         value = value.item()
     return value
+
+
+def _trainable_weights(model) -> dict:
+    return dict(tree_flatten(model.trainable_parameters()))
+
+
+def _companions(case: Case, records, obs) -> list:
+    """The checks that need other runs: the scenario's knobs, and the one-batch run of a split case."""
+    spec = case.spec
+    out = [companions.coverage(spec.expects if spec else (), records)]
+    if spec is None:
+        return out
+    final = dict(tree_flatten(obs["model"].parameters()))
+    if spec.knobs:
+        varied = []
+        for name, value in spec.knobs:
+            settings = with_setting(case.settings, name, value)
+            k_records, k_error, k_obs = run_once(replace(case, settings=settings), probe=False)
+            varied.append((name, value, k_records, dict(tree_flatten(k_obs["model"].parameters())), k_error))
+        out.append(companions.dead_knobs(records, final, varied))
+    if spec.companion == "equivalence":
+        s = case.settings
+        one = replace(case, settings=replace(s, batch_size=s.batch_size * s.grad_accumulation_steps,
+                                             grad_accumulation_steps=1))
+        g_records, g_error, g_obs = run_once(one, probe=False)
+        label = f"batch {s.batch_size} x accumulation {s.grad_accumulation_steps}"
+        golden_label = f"batch {one.settings.batch_size}"
+        if g_error is not None:
+            out.append(checks.skipped("equivalence", f"{golden_label} failed: {g_error['message']}"))
+        else:
+            initial, _ = _fixture_model(case)
+            out.append(companions.equivalence(case.trainer, label, golden_label, g_records,
+                                              _trainable_weights(g_obs["model"]), records,
+                                              _trainable_weights(obs["model"]), _trainable_weights(initial)))
+    return out
 
 
 def run_case(case: Case, on_step=None, observe=None) -> dict:
@@ -140,20 +192,23 @@ def run_case(case: Case, on_step=None, observe=None) -> dict:
         mx.set_default_device(mx.cpu)
     env = environment()
     started = time.perf_counter()
-    recheck = min(2, case.settings.steps)
-    records, error, obs = run_once(case, probe=True, recheck_step=recheck, on_step=on_step)
+    records, error, obs = run_once(case, probe=True, oracle=True, on_step=on_step)
     if observe is not None:
         observe(obs)
     result = {"case": case.to_dict(), "id": case.id, "environment": env, "steps": records, "checks": []}
     if obs.get("target_version"):
         result["target_version"] = obs["target_version"]
+    if obs.get("hp"):
+        result["config"] = json_safe(obs["hp"])
+    if error is not None and error["message"].startswith("PreflightError"):
+        error["kind"], error["step"] = "preflight", None
     add = result["checks"].append
     add(checks.completes(records, error, case.settings.steps))
     if obs.get("probe") is not None:
         add(checks.training_mode(obs["probe"]))
     add(checks.finite(records))
     if error is None:
-        add(checks.updates(obs))
+        add(checks.updates(obs, lora=case.settings.lora_rank > 0))
         tolerances = check_tolerances(env, case.settings.dtype)
         add(checks.analytic(case, records, obs["hp"], tolerances))
         if deterministic(env):
@@ -161,10 +216,21 @@ def run_case(case: Case, on_step=None, observe=None) -> dict:
             add(checks.reproducible(records, rerun, rerun_error))
         else:
             add(checks.skipped("reproducible", f"{env['backend']} does not promise bitwise reruns"))
-        add(checks.loss_recompute(obs["recomputed"], records, tolerances))
+        result["checks"] += checks.recompute(obs["recomputed"], obs["recompute_skipped"], records, tolerances)
+        result["checks"] += _companions(case, records, obs)
     result["error"] = error
     result["duration_s"] = round(time.perf_counter() - started, 3)
     return checks.conclude(result)
+
+
+def json_safe(value):
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)
 
 
 FAILED_RANK_STATUS = 3

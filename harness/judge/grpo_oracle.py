@@ -1,0 +1,92 @@
+"""An independent GRPO step: rewards, group advantages, the clipped surrogate, the k3 KL, the loss types.
+
+Written from the definitions (DeepSeekMath; TRL's GRPO trainer for the loss
+types and metric names), in float64 numpy, one unpadded sequence at a time:
+nothing is shared with ``trainers/`` but the reward functions the trainer is
+handed.  Inputs are what a step leaves behind: the prompts, the completions
+it sampled (token ids, EOS included when sampled), and the policy before the
+step, at the start of its generation batch, and the reference.
+"""
+
+import numpy as np
+
+from .recompute import token_logps
+
+
+def rewards(rows, completions, group, reward_funcs, decode, eos_id):
+    """Weighted reward of every completion (EOS dropped from the text); rows repeat per group."""
+    out = []
+    for i, completion in enumerate(completions):
+        row = rows[i // group]
+        text = decode([t for t in completion if t != eos_id])
+        out.append(sum(w * fn(row["prompt"], text, row) for fn, w in reward_funcs))
+    return np.array(out, dtype=np.float64)
+
+
+def advantages(r, group, scale_rewards):
+    grouped = r.reshape(-1, group)
+    centred = (grouped - grouped.mean(axis=1, keepdims=True)).reshape(-1)
+    if scale_rewards == "group":
+        return centred / (np.repeat(grouped.std(axis=1, ddof=1), group) + 1e-4)
+    if scale_rewards == "batch":
+        return centred / (r.std(ddof=1) + 1e-4)
+    return centred
+
+
+def completion_logps(model, prompt, completion):
+    """float64 log-probs of the completion's tokens after the prompt."""
+    return token_logps(model, list(prompt) + list(completion))[len(prompt) - 1:]
+
+
+def step(rows, completions, policy, old_policy, reference, hp, reward_funcs, decode, eos_id):
+    """The standard loss and metrics of one GRPO optimizer step.  ``old_policy`` is None on the
+    first iteration of a generation batch (the ratio is then exactly 1); ``reference`` is None
+    when beta is 0."""
+    group = hp["num_generations"]
+    r = rewards(rows, completions, group, reward_funcs, decode, eos_id)
+    adv = advantages(r, group, hp["scale_rewards"])
+    eps_low = hp["epsilon"]
+    eps_high = hp["epsilon"] if hp.get("epsilon_high") is None else hp["epsilon_high"]
+    per_seq, tokens, low, high, kls = [], 0, 0, 0, []
+    for i, completion in enumerate(completions):
+        prompt = rows[i // group]["prompt_ids"]
+        logp = completion_logps(policy, prompt, completion)
+        old = completion_logps(old_policy, prompt, completion) if old_policy is not None else logp
+        ratio = np.exp(logp - old)
+        clipped = np.clip(ratio, 1 - eps_low, 1 + eps_high)
+        per_token = -np.minimum(ratio * adv[i], clipped * adv[i])
+        if hp["beta"] > 0:
+            delta = completion_logps(reference, prompt, completion) - logp
+            kl = np.exp(delta) - delta - 1
+            per_token = per_token + hp["beta"] * kl
+            kls.append(kl)
+        per_seq.append(per_token)
+        tokens += len(completion)
+        low += int(np.sum((ratio < 1 - eps_low) & (adv[i] < 0)))
+        high += int(np.sum((ratio > 1 + eps_high) & (adv[i] > 0)))
+    n = len(completions)
+    loss_type = hp["loss_type"]
+    if loss_type == "grpo":
+        loss = sum(t.mean() for t in per_seq) / n
+    elif loss_type == "dr_grpo":
+        loss = sum(t.sum() for t in per_seq) / (n * hp["max_completion_length"])
+    elif loss_type == "bnpo":  # each micro-batch's token mean, weighted by its share of the sequences
+        size = hp.get("batch_size", len(rows)) * group
+        parts = [per_seq[i:i + size] for i in range(0, n, size)]
+        loss = sum(sum(t.sum() for t in p) / sum(len(t) for t in p) * len(p) / n for p in parts)
+    else:  # dapo: over the completion tokens of the whole step
+        loss = sum(t.sum() for t in per_seq) / tokens
+    lengths = [len(c) for c in completions]
+    metrics = {
+        "reward": float(r.mean()),
+        "reward_std": float(r.reshape(-1, group).std(axis=1, ddof=1).mean()),
+        "completions/mean_length": float(np.mean(lengths)),
+        "completions/min_length": float(min(lengths)),
+        "completions/max_length": float(max(lengths)),
+        "clip_ratio/low_mean": low / tokens,
+        "clip_ratio/high_mean": high / tokens,
+        "clip_ratio/region_mean": (low + high) / tokens,
+    }
+    if kls:
+        metrics["kl"] = float(sum(k.sum() for k in kls) / tokens)
+    return float(loss), metrics
