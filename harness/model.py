@@ -188,22 +188,30 @@ def case_settings(trainer: str, variant: str, steps: int, ranks: int = 1, scenar
     return settings
 
 
-def build_matrix(target, trainers=(), fixtures=(), variants=(), steps=3, ranks=1, scenarios=True):
+PLAIN = "plain"  # the scenario filter's name for the cases with the trainer's defaults
+
+
+def scenario_names() -> list:
+    return [PLAIN] + sorted({name for per in SCENARIOS.values() for name in per})
+
+
+def build_matrix(target, trainers=(), fixtures=(), variants=(), steps=3, ranks=1, scenarios=()):
     """The cases for one loaded target; empty filters mean everything the target offers.
 
-    The scenarios of each trainer come after its plain cases, in fp32 (when fp32 is selected)
-    on their own fixture (when it is selected).  Raises ``ValueError`` when a case's batch
-    cannot be split over ``ranks``."""
+    Each trainer's plain cases (its defaults, every fixture and variant) come first, then its
+    scenarios in fp32 on their own fixture; ``scenarios`` picks by name (``PLAIN`` for the plain
+    cases).  Raises ``ValueError`` when a case's batch cannot be split over ``ranks``."""
     trainers = trainers or tuple(t for t in TRAINERS if t in target.trainers())
     variants = variants or DEFAULT_VARIANTS
     cases = []
     for t in trainers:
-        cases += [Case(target.name, t, f, v, case_settings(t, v, steps, ranks), target.spec)
-                  for f in (fixtures or FIXTURES) for v in variants]
-        if not scenarios or "fp32" not in variants:
+        if not scenarios or PLAIN in scenarios:
+            cases += [Case(target.name, t, f, v, case_settings(t, v, steps, ranks), target.spec)
+                      for f in (fixtures or FIXTURES) for v in variants]
+        if "fp32" not in variants:
             continue
         for name, spec in SCENARIOS[t].items():
-            if fixtures and spec.fixture not in fixtures:
+            if (fixtures and spec.fixture not in fixtures) or (scenarios and name not in scenarios):
                 continue
             if ranks > 1 and spec.companion:
                 continue  # a split of a split: the plain cases carry the data-parallel check

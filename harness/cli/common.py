@@ -6,7 +6,7 @@ import secrets
 import click
 
 from ...fixtures import FIXTURES
-from ..model import TRAINERS, VARIANTS, build_matrix
+from ..model import TRAINERS, VARIANTS, build_matrix, scenario_names
 from ..target import TargetError, load_target
 from ..tools.versions import VersionError, library_version
 
@@ -44,6 +44,8 @@ def filter_options(func=None, *, multi_target=False):
         click.option("--trainer", "trainers", multiple=True, help="Trainer(s) to run; default all."),
         click.option("--fixture", "fixtures", multiple=True, help="Fixture(s) to run; default all."),
         click.option("--variant", "variants", multiple=True, help="Variant(s); default fp32."),
+        click.option("--scenario", "scenarios", multiple=True,
+                     help="Scenario(s) by name, 'plain' for the trainers' defaults; default all (see harness list)."),
         click.option("--steps", default=3, show_default=True, type=click.IntRange(1, 1000)),
     ]
     for option in reversed(options):
@@ -51,14 +53,15 @@ def filter_options(func=None, *, multi_target=False):
     return func
 
 
-def select_cases(target, trainers, fixtures, variants, steps, ranks=1):
+def select_cases(target, trainers, fixtures, variants, steps, ranks=1, scenarios=()):
     """The loaded target and its cases, every name checked."""
     target_obj = resolve_target(target)
     check_names("trainer", trainers, [t for t in TRAINERS if t in target_obj.trainers()])
     check_names("fixture", fixtures, list(FIXTURES))
     check_names("variant", variants, list(VARIANTS))
+    check_names("scenario", scenarios, scenario_names())
     try:
-        return target_obj, build_matrix(target_obj, trainers, fixtures, variants, steps, ranks)
+        return target_obj, build_matrix(target_obj, trainers, fixtures, variants, steps, ranks, scenarios)
     except ValueError as err:
         fail_usage(f"--ranks {ranks}: {err}")
 

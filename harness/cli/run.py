@@ -30,12 +30,12 @@ from .common import fail_usage, filter_options, main, new_run_id, select_cases, 
                    "processes: jobs // ranks cases run at once.")
 @click.option("--target-version", help="Run against this released version of the target's library "
                                        "(installed from PyPI into a throw-away folder).")
-def run_command(target, trainers, fixtures, variants, steps, reports_dir, snapshots_dir, update_snapshots,
+def run_command(target, trainers, fixtures, variants, scenarios, steps, reports_dir, snapshots_dir, update_snapshots,
                 strict, jobs, timeout, ranks, target_version):
     """Run the case matrix, check every case, and write reports."""
     if ranks > 1 and update_snapshots:
         fail_usage("--update-snapshots records single-process goldens; run it without --ranks")
-    target_obj, cases = select_cases(target, trainers, fixtures, variants, steps, ranks)
+    target_obj, cases = select_cases(target, trainers, fixtures, variants, steps, ranks, scenarios)
     if target_version:
         use_library_version(target_obj, target_version)
     jobs = max(1, jobs // ranks)

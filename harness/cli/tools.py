@@ -27,7 +27,7 @@ from .common import fail_usage, filter_options, main, select_cases
 @click.option("--compare", "baseline_path", type=click.Path(exists=True, dir_okay=False),
               help="A baseline JSON from an earlier --json: fail on a real slowdown.")
 @click.option("--threshold", default=10.0, show_default=True, type=float, help="Slowdown (percent) that fails.")
-def bench_command(target, trainers, fixtures, variants, steps, warmup, json_path, baseline_path, threshold):
+def bench_command(target, trainers, fixtures, variants, scenarios, steps, warmup, json_path, baseline_path, threshold):
     """Benchmark step time per case (and gate on slowdowns with --compare)."""
     baseline = None
     if baseline_path:
@@ -36,7 +36,7 @@ def bench_command(target, trainers, fixtures, variants, steps, warmup, json_path
             baseline["cases"]
         except (ValueError, KeyError, TypeError) as err:
             fail_usage(f"--compare {baseline_path}: not a harness bench JSON ({err})")
-    selected = [select_cases(t, trainers, fixtures, variants, steps) for t in target]
+    selected = [select_cases(t, trainers, fixtures, variants, steps, scenarios=scenarios or ("plain",)) for t in target]
     names = [target_obj.name for target_obj, _ in selected]
     # Side by side: each trainer x fixture x variant runs on every target before the next.
     cases = [c for group in zip(*[_by_key(cs) for _, cs in selected]) for c in group if c is not None]
@@ -90,13 +90,16 @@ def side_by_side(results, names):
 @click.option("--trainer", required=True, help="The failing case's trainer.")
 @click.option("--fixture", required=True, help="The failing case's fixture.")
 @click.option("--variant", default="fp32", show_default=True)
+@click.option("--scenario", default="plain", show_default=True, help="The failing case's scenario.")
 @click.option("--steps", default=3, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--snapshots", "snapshots_dir", type=click.Path(file_okay=False),
               help="Golden snapshot folder.  [default: snapshots/ in the project root]")
 @click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True, type=float, help="Seconds per run.")
-def triage_command(target, trainer, fixture, variant, steps, snapshots_dir, timeout):
+def triage_command(target, trainer, fixture, variant, scenario, steps, snapshots_dir, timeout):
     """Re-run a failing case under a ladder of toggles and diagnose which one flips it."""
-    target_obj, cases = select_cases(target, (trainer,), (fixture,), (variant,), steps)
+    target_obj, cases = select_cases(target, (trainer,), (fixture,), (variant,), steps, scenarios=(scenario,))
+    if not cases:
+        fail_usage(f"scenario {scenario!r} of {trainer} does not run on {fixture} {variant}")
     case = cases[0]
     click.echo(f"harness triage {case.id}")
 
@@ -118,10 +121,11 @@ def triage_command(target, trainer, fixture, variant, steps, snapshots_dir, time
 @click.option("--bad", required=True, help="A revision where they fail.")
 @filter_options
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the result here (JSON).")
-def bisect_command(repo, good, bad, target, trainers, fixtures, variants, steps, report_path):
+def bisect_command(repo, good, bad, target, trainers, fixtures, variants, scenarios, steps, report_path):
     """Find the first commit at which the selected cases go from passing to failing."""
     run_args = ["--target", target, "--steps", str(steps)]
-    for flag, values in (("--trainer", trainers), ("--fixture", fixtures), ("--variant", variants)):
+    for flag, values in (("--trainer", trainers), ("--fixture", fixtures), ("--variant", variants),
+                         ("--scenario", scenarios)):
         for value in values:
             run_args += [flag, value]
     click.echo(f"harness bisect {good}..{bad} in {repo}: harness run {' '.join(run_args)}")

@@ -86,6 +86,10 @@ def _choices(trainer, hp):
         return {"scope": scopes, "denominator": denom,
                 "nll": [("token-mean", ""), ("sequence-mean", "averages the NLL per sequence and then over the "
                                                            "batch, instead of over all chosen tokens of the batch")],
+                "nll_scope": [("completion", ""),
+                              ("prompt+completion", "takes the NLL over the prompt's tokens too (every token after "
+                                                    "the first, EOS included), as TRL's ORPO does, where the "
+                                                    "standard takes it over the completion")],
                 "odds": [("log-odds", ""),
                          ("summed-difference", "uses the difference of summed log-probs (the log probability ratio) "
                                                "where the standard uses the log-odds of the length-averaged "
@@ -124,7 +128,8 @@ def _variant_loss_(trainer, hp, v, pol, ref, rows, mism):
                             label_smoothing=v["label_smoothing"])[0]
     if trainer == "orpo":
         avg_c, avg_r = pc / dc, pr / dr
-        nll = -pc.sum() / dc.sum() if v["nll"] == "token-mean" else -np.mean(avg_c)
+        nc_, dn = (pc, dc) if v.get("nll_scope", "completion") == "completion" else pol["chosen"]["sequence+eos"]
+        nll = -nc_.sum() / dn.sum() if v["nll"] == "token-mean" else -np.mean(nc_ / dn)
         if v["odds"] == "log-odds":
             odds = (avg_c - formulas.log1mexp(avg_c)) - (avg_r - formulas.log1mexp(avg_r))
         else:

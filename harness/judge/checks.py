@@ -12,7 +12,7 @@ from mlx.utils import tree_flatten
 
 # The most specific first: a case's kind names what is wrong, before any check that only says "different".
 ORDER = ("completes", "ranks-agree", "training-mode", "finite", "updates", "loss-recompute", "metric-recompute",
-         "analytic", "dead-knob", "coverage", "equivalence", "reproducible", "config", "golden")
+         "gradient", "analytic", "dead-knob", "coverage", "equivalence", "reproducible", "config", "golden")
 
 EXPLANATIONS = {
     "vjp-missing": (
@@ -38,6 +38,8 @@ EXPLANATIONS = {
     ),
     "import-error": "the implementation under test does not import",
     "metric-mismatch": "a reported metric differs from its standard definition on the same log-probs",
+    "gradient-mismatch": "the first step's gradient is not the standard loss's (a detached term, a lost path, "
+                         "a gradient of rounding noise)",
     "dead-knob": "a documented hyper-parameter changes nothing: the trainer ignores it",
     "path-not-reached": "the case did not reach the path it exists for (clipping, varied lengths, a positive KL)",
     "preflight": "what the target prepared cannot train correctly (a reference that is the policy, nothing "
@@ -168,11 +170,13 @@ def recompute(recomputed, skip_reason, records, tolerances):
         return not (isinstance(reported, (int, float)) and abs(reported - expected) <= atol + rtol * abs(expected))
 
     loss_bad = metric_bad = None
-    compared = set()
+    compared, worst = set(), 0.0
     for item in recomputed:
         record = by_step.get(item["step"], {})
         if loss_bad is None and off(record.get("loss"), item["loss"]):
             loss_bad = (item["step"], record.get("loss"), item["loss"])
+        elif isinstance(record.get("loss"), (int, float)):
+            worst = max(worst, abs(record["loss"] - item["loss"]) / (atol + rtol * abs(item["loss"])))
         for key, expected in item["metrics"].items():
             if key in record:
                 compared.add(key)
@@ -184,7 +188,8 @@ def recompute(recomputed, skip_reason, records, tolerances):
         loss = _check("loss-recompute", False, f"step {step}: reported loss {reported!r}, standard formula "
                                                f"{expected:.7g} (rtol {rtol:g}, atol {atol:g})", "loss-mismatch")
     else:
-        loss = _check("loss-recompute", True, f"{steps}: the reported loss is the standard formula's")
+        loss = _check("loss-recompute", True, f"{steps}: the reported loss is the standard formula's "
+                                              f"(largest difference {worst:.2g} of the tolerance)")
     if metric_bad:
         step, key, reported, expected = metric_bad
         metric = _check("metric-recompute", False, f"step {step}: {key} reported {reported!r}, standard "

@@ -47,7 +47,7 @@ def step(rows, completions, policy, old_policy, reference, hp, reward_funcs, dec
     adv = advantages(r, group, hp["scale_rewards"])
     eps_low = hp["epsilon"]
     eps_high = hp["epsilon"] if hp.get("epsilon_high") is None else hp["epsilon_high"]
-    per_seq, tokens, low, high, kls = [], 0, 0, 0, []
+    per_seq, tokens, low, high, kls, near = [], 0, 0, 0, [], False
     for i, completion in enumerate(completions):
         prompt = rows[i // group]["prompt_ids"]
         logp = completion_logps(policy, prompt, completion)
@@ -62,6 +62,7 @@ def step(rows, completions, policy, old_policy, reference, hp, reward_funcs, dec
             kls.append(kl)
         per_seq.append(per_token)
         tokens += len(completion)
+        near |= bool(np.any(np.abs(ratio - (1 - eps_low)) < 1e-5) or np.any(np.abs(ratio - (1 + eps_high)) < 1e-5))
         low += int(np.sum((ratio < 1 - eps_low) & (adv[i] < 0)))
         high += int(np.sum((ratio > 1 + eps_high) & (adv[i] > 0)))
     n = len(completions)
@@ -87,6 +88,8 @@ def step(rows, completions, policy, old_policy, reference, hp, reward_funcs, dec
         "clip_ratio/high_mean": high / tokens,
         "clip_ratio/region_mean": (low + high) / tokens,
     }
+    if near:  # a ratio on a clip bound: which side it falls is not stable between two correct computations
+        metrics = {k: v for k, v in metrics.items() if not k.startswith("clip_ratio/")}
     if kls:
         metrics["kl"] = float(sum(k.sum() for k in kls) / tokens)
     return float(loss), metrics

@@ -39,21 +39,32 @@ def recompute_loss(trainer: str, policy, reference, rows, hp: dict) -> float:
     return recompute_step(trainer, policy, reference, rows, hp)[0]
 
 
+TIE = 1e-4  # a chosen/rejected log-prob gap this small may flip sign between two correct computations
+
+
+def _untie(loss_and_metrics, gaps):
+    """Leave out the reward accuracy when a pair is (nearly) tied: the comparison has no stable answer."""
+    loss, metrics = loss_and_metrics
+    if len(gaps) and np.min(np.abs(gaps)) < TIE:
+        metrics = {k: v for k, v in metrics.items() if k != "rewards/accuracies"}
+    return loss, metrics
+
+
 def recompute_step(trainer: str, policy, reference, rows, hp: dict):
     """The standard ``(loss, metrics)`` of ``trainer`` on ``rows`` with hyper-parameters ``hp``."""
     if trainer in ("dpo", "orpo", "simpo"):
         pc, nc = _logps(policy, rows, "chosen")
         pr, nr = _logps(policy, rows, "rejected")
         if trainer == "orpo":
-            return formulas.orpo(pc, pr, nc, nr, beta=hp["beta"])
+            return _untie(formulas.orpo(pc, pr, nc, nr, beta=hp["beta"]), pc / nc - pr / nr)
         if trainer == "simpo":
-            return formulas.simpo(pc, pr, nc, nr, beta=hp["beta"], gamma=hp["gamma"])
+            return _untie(formulas.simpo(pc, pr, nc, nr, beta=hp["beta"], gamma=hp["gamma"]), pc / nc - pr / nr)
         rc, _ = _logps(reference, rows, "chosen")
         rr, _ = _logps(reference, rows, "rejected")
         if hp["loss_type"] == "ipo":
             pc, pr, rc, rr = pc / nc, pr / nr, rc / nc, rr / nr
-        return formulas.dpo(pc, pr, rc, rr, beta=hp["beta"], loss_type=hp["loss_type"],
-                            label_smoothing=hp["label_smoothing"])
+        return _untie(formulas.dpo(pc, pr, rc, rr, beta=hp["beta"], loss_type=hp["loss_type"],
+                                   label_smoothing=hp["label_smoothing"]), (pc - rc) - (pr - rr))
     if trainer == "kto":
         p, _ = _logps(policy, rows, "completion")
         r, _ = _logps(reference, rows, "completion")

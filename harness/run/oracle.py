@@ -14,7 +14,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from ...fixtures import load_fixture
 from ...fixtures.rewards import DEFAULT_REWARDS
-from ..judge import grpo_oracle
+from ..judge import gradient, grpo_oracle
 from ..judge.recompute import recompute_step
 from ..model import completion_fields
 
@@ -38,7 +38,7 @@ def load_reference(case, fixture_config=None):
 class StepOracle:
     def __init__(self, case, model, tokenizer, run, hp, reference):
         self.case, self.model, self.tokenizer, self.run, self.hp = case, model, tokenizer, run, hp
-        self.results, self.skipped = [], None
+        self.results, self.skipped, self.gradient = [], None, None
         self._shadows, self._before, self._generation_start = [], None, None
         self.reference = reference
         self.grpo = case.trainer == "grpo"
@@ -59,9 +59,18 @@ class StepOracle:
             return
         loss, metrics = recompute_step(self.case.trainer, self.model, self.reference, rows, self.hp)
         self.results.append({"step": k, "loss": loss, "metrics": metrics})
+        if k == 1 and self.case.settings.ranks == 1:
+            self._before = _params(self.model)
+            shadow = self._shadow(0, self._before)
+            self._grads = gradient.standard_gradient(self.case.trainer, shadow, self.reference, rows, self.hp)
 
-    def after(self, k: int) -> None:
-        if self.skipped or not self.grpo:
+    def after(self, k: int, record: dict, tolerances: dict) -> None:
+        if self.skipped:
+            return
+        if not self.grpo:
+            if k == 1 and self._before is not None:
+                self.gradient = gradient.check(self._grads, self._before, _params(self.model), record, tolerances,
+                                               signs=self.case.settings.dtype == "float32")
             return
         rows, completions = self.run.rows_for_step(k), self.run.completions()
         if rows is None or completions is None:

@@ -125,7 +125,7 @@ def run_once(case: Case, probe: bool, oracle: bool = False, on_step=None):
                 obs["after_first"] = _snapshot(model)
             records.append({"step": k, **{key: _plain(v) for key, v in record.items() if key != "step"}})
             if step_oracle is not None:
-                step_oracle.after(k)
+                step_oracle.after(k, records[-1], check_tolerances(environment(), case.settings.dtype))
             if on_step is not None:
                 on_step(records[-1])
     except Exception as err:  # noqa: BLE001 - any failure of the target is this case's result
@@ -135,6 +135,7 @@ def run_once(case: Case, probe: bool, oracle: bool = False, on_step=None):
         contexts.close()
     if step_oracle is not None:
         obs["recomputed"], obs["recompute_skipped"] = step_oracle.results, step_oracle.skipped
+        obs["gradient"] = step_oracle.gradient
     obs["model"] = model
     obs["probe"] = probe_ctx
     return records, error, obs
@@ -217,6 +218,8 @@ def run_case(case: Case, on_step=None, observe=None) -> dict:
         else:
             add(checks.skipped("reproducible", f"{env['backend']} does not promise bitwise reruns"))
         result["checks"] += checks.recompute(obs["recomputed"], obs["recompute_skipped"], records, tolerances)
+        result["checks"].append(obs.get("gradient") or checks.skipped(
+            "gradient", obs.get("recompute_skipped") or "no standard first-step gradient for this trainer/target"))
         result["checks"] += _companions(case, records, obs)
     result["error"] = error
     result["duration_s"] = round(time.perf_counter() - started, 3)

@@ -47,6 +47,10 @@ def markdown(run: dict) -> str:
             lines += [f"## {r['id']}: {f['kind']}", "", f"- check: `{f['check']}`", f"- {f['message']}"]
             if f.get("explanation"):
                 lines.append(f"- why it matters: {f['explanation']}")
+            others = [c for c in r["checks"] if c["status"] == "fail" and c["name"] != f["check"]]
+            if others:
+                lines.append("- also failing:")
+                lines += [f"  - `{c['name']}` ({c['kind']}): {c['detail']}" for c in others]
             lines.append("")
     return "\n".join(lines) + "\n"
 

@@ -9,7 +9,7 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from mlxth.fixtures import FIXTURES, fixture_path, load_fixture
+from mlxth.fixtures import fixture_path, load_fixture
 from mlxth.fixtures.linear_attn import (
     CUSTOM_KERNEL_VJP_ERROR,
     fused_backend,

@@ -29,16 +29,17 @@ def _case(report, fixture):
 
 
 def test_passing_run_exits_0_and_writes_all_reports(tmp_path):
-    result, report = _run(tmp_path, "--trainer", "dpo", "--fixture", "tiny-llama", "--strict")
+    result, report = _run(tmp_path, "--trainer", "dpo", "--fixture", "tiny-llama", "--scenario", "plain", "--strict")
     assert result.exit_code == 0, result.output
     assert "1 passed, 0 failed, 0 errors" in result.output
     case = report["cases"][0]
     assert {"trainer", "fixture", "target"} <= set(case["case"])
     assert case["status"] == "pass" and case["failure"] is None
     assert [s["step"] for s in case["steps"]] == [1, 2, 3] and all("loss" in s for s in case["steps"])
-    assert [c["name"] for c in case["checks"]] == ["completes", "training-mode", "finite", "updates", "analytic",
-                                                  "reproducible", "golden", "loss-recompute"]
-    assert all(c["status"] == "pass" for c in case["checks"])
+    assert [c["name"] for c in case["checks"]] == ["completes", "training-mode", "finite", "updates",
+                                                  "loss-recompute", "metric-recompute", "analytic", "coverage",
+                                                  "reproducible", "config", "golden"]
+    assert all(c["status"] == "pass" for c in case["checks"] if c["name"] != "coverage")
     assert {"mlx", "mlx-lm", "python", "backend", "device"} <= set(report["environment"])
     out = Path(tmp_path / "reports" / report["run_id"])
     assert "| reference/dpo/tiny-llama/fp32" in (out / "report.md").read_text()
@@ -61,14 +62,14 @@ def test_usage_errors_exit_2_with_a_reason(tmp_path, args, reason):
 
 
 def test_strict_mode_without_golden_exits_2(tmp_path):
-    result, _ = _run(tmp_path, "--trainer", "dpo", "--fixture", "tiny-llama", "--strict",
+    result, _ = _run(tmp_path, "--trainer", "dpo", "--fixture", "tiny-llama", "--scenario", "plain", "--strict",
                      snapshots=tmp_path / "empty")
     assert result.exit_code == 2
     assert "--strict: no golden for 1 case(s), first reference/dpo/tiny-llama/fp32" in result.output
 
 
 def test_missing_golden_is_reported_not_failed_outside_strict_mode(tmp_path):
-    result, report = _run(tmp_path, "--trainer", "simpo", "--fixture", "tiny-llama", snapshots=tmp_path / "empty")
+    result, report = _run(tmp_path, "--trainer", "simpo", "--fixture", "tiny-llama", "--scenario", "plain", snapshots=tmp_path / "empty")
     assert result.exit_code == 0
     golden = next(c for c in report["cases"][0]["checks"] if c["name"] == "golden")
     assert golden["status"] == "skip" and "--update-snapshots" in golden["detail"]
@@ -76,18 +77,18 @@ def test_missing_golden_is_reported_not_failed_outside_strict_mode(tmp_path):
 
 def test_update_snapshots_writes_goldens_and_never_for_failing_cases(tmp_path):
     root = tmp_path / "snaps"
-    result, _ = _run(tmp_path, "--trainer", "dpo", "--fixture", "tiny-llama", "--update-snapshots", snapshots=root)
+    result, _ = _run(tmp_path, "--trainer", "dpo", "--fixture", "tiny-llama", "--scenario", "plain", "--update-snapshots", snapshots=root)
     assert result.exit_code == 0
     written = root / "cpu" / "reference" / "dpo" / "tiny-llama--fp32.json"
     before = written.read_text()
     result, report = _run(tmp_path, "--target", f"{PLANTED}:NoUpdate", "--trainer", "dpo",
-                          "--fixture", "tiny-llama", "--update-snapshots", snapshots=root)
+                          "--fixture", "tiny-llama", "--scenario", "plain", "--update-snapshots", snapshots=root)
     assert result.exit_code == 1
     assert written.read_text() == before
     golden = next(c for c in report["cases"][0]["checks"] if c["name"] == "golden")
     assert "not updated: the case fails other checks" in golden["detail"]
     # A plain run against the recorded golden passes.
-    result, _ = _run(tmp_path, "--trainer", "dpo", "--fixture", "tiny-llama", "--strict", snapshots=root)
+    result, _ = _run(tmp_path, "--trainer", "dpo", "--fixture", "tiny-llama", "--scenario", "plain", "--strict", snapshots=root)
     assert result.exit_code == 0
 
 
@@ -103,15 +104,16 @@ def test_skipping_model_train_is_vjp_missing_on_linear_attn_and_train_mode_elsew
         assert case["status"] == "fail" and case["failure"]["kind"] == "train-mode", case["failure"]
 
 
-def test_changed_loss_constant_is_golden_drift(tmp_path):
+def test_changed_loss_constant_is_config_drift_then_golden_drift(tmp_path):
     result, report = _run(tmp_path, "--target", f"{PLANTED}:LossConstant", "--trainer", "dpo",
-                          "--fixture", "tiny-llama")
+                          "--fixture", "tiny-llama", "--scenario", "plain")
     assert result.exit_code == 1
-    failure = report["cases"][0]["failure"]
-    assert failure["kind"] == "golden-drift"
-    # Step 1's loss is ln 2 whatever beta is; its gradient already differs.
-    assert failure["message"].startswith("step 1: grad_norm expected ")
-    assert "expected" in failure["message"] and "rtol 0" in failure["message"]
+    case = report["cases"][0]
+    assert case["failure"]["kind"] == "config-drift"
+    assert case["failure"]["message"] == "beta: golden 0.1, now 0.12"
+    golden = next(c for c in case["checks"] if c["name"] == "golden")
+    # Step 1's loss is ln 2 whatever beta is; its gradient already differs (on any CPU: beyond every tier).
+    assert golden["kind"] == "golden-drift" and golden["detail"].startswith("step 1: grad_norm expected ")
 
 
 def test_injected_nan_is_non_finite_with_step_and_quantity(tmp_path):
@@ -135,7 +137,7 @@ def test_abort_is_a_crash_and_the_run_goes_on(tmp_path):
 
 
 def test_hang_is_a_timeout_and_reports_are_written(tmp_path):
-    result, report = _run(tmp_path, "--target", f"{PLANTED}:Hang", "--trainer", "orpo", "--fixture", "tiny-llama",
+    result, report = _run(tmp_path, "--target", f"{PLANTED}:Hang", "--trainer", "orpo", "--fixture", "tiny-llama", "--scenario", "plain",
                           "--timeout", "8")
     assert result.exit_code == 1
     assert report["cases"][0]["failure"]["kind"] == "timeout"
@@ -143,13 +145,13 @@ def test_hang_is_a_timeout_and_reports_are_written(tmp_path):
 
 
 def test_skipped_update_is_no_update(tmp_path):
-    result, report = _run(tmp_path, "--target", f"{PLANTED}:NoUpdate", "--trainer", "dpo", "--fixture", "tiny-llama")
+    result, report = _run(tmp_path, "--target", f"{PLANTED}:NoUpdate", "--trainer", "dpo", "--fixture", "tiny-llama", "--scenario", "plain")
     assert report["cases"][0]["failure"]["kind"] == "no-update"
     assert result.exit_code == 1
 
 
 def test_unseeded_randomness_is_not_reproducible(tmp_path):
-    result, report = _run(tmp_path, "--target", f"{PLANTED}:Unseeded", "--trainer", "orpo", "--fixture", "tiny-llama")
+    result, report = _run(tmp_path, "--target", f"{PLANTED}:Unseeded", "--trainer", "orpo", "--fixture", "tiny-llama", "--scenario", "plain")
     assert result.exit_code == 1
     failure = report["cases"][0]["failure"]
     assert failure["kind"] == "not-reproducible" and " then " in failure["message"]
@@ -157,7 +159,7 @@ def test_unseeded_randomness_is_not_reproducible(tmp_path):
 
 def test_off_by_one_mask_is_a_loss_mismatch(tmp_path):
     result, report = _run(tmp_path, "--target", f"{PLANTED}:OffByOneMask", "--trainer", "simpo",
-                          "--fixture", "tiny-llama", snapshots=tmp_path / "none")
+                          "--fixture", "tiny-llama", "--scenario", "plain", snapshots=tmp_path / "none")
     assert result.exit_code == 1
     failure = report["cases"][0]["failure"]
     assert failure["kind"] == "loss-mismatch", failure

@@ -169,3 +169,109 @@ class HalfPrecisionOverflow(_Planted):
 
             run.trainer.spec = type(spec)(**{**spec.__dict__, "objective": overflowing})
         return run
+
+
+def _objective_with(run, **fixed):
+    """The trainer's objective computed as if ``fixed`` were its config, whatever it is configured with."""
+    from dataclasses import replace
+
+    spec = run.trainer.spec
+    objective = spec.objective
+
+    def ignoring(model, batch, ref, stats, config):
+        return objective(model, batch, ref, stats, replace(config, **fixed))
+
+    run.trainer.spec = type(spec)(**{**spec.__dict__, "objective": ignoring})
+
+
+class IgnoresLabelSmoothing(_Planted):
+    """label_smoothing is accepted, reported, and never used (the loss is plain sigmoid DPO)."""
+
+    name = "planted-ignores-label-smoothing"
+
+    def plant(self, run, model, settings):
+        _objective_with(run, label_smoothing=0.0)
+        return run
+
+
+class NoClipNoKL(_Planted):
+    """A GRPO without ratio, clip or KL: every step is the first iteration with beta 0, whatever is asked."""
+
+    name = "planted-grpo-no-clip-no-kl"
+
+    def plant(self, run, model, settings):
+        _objective_with(run, beta=0.0, epsilon=1e9, epsilon_high=1e9)
+        return run
+
+
+class ReferenceIsPolicy(_Planted):
+    """The frozen reference is the policy object itself."""
+
+    name = "planted-reference-is-policy"
+
+    def plant(self, run, model, settings):
+        if run.trainer.reference is not None:
+            run.trainer.reference.model = model
+        return run
+
+
+class NothingTrainable(_Planted):
+    """Everything frozen, LoRA or not: the optimizer has nothing to move."""
+
+    name = "planted-nothing-trainable"
+
+    def plant(self, run, model, settings):
+        model.freeze()
+        return run
+
+
+class LoraBaseNotFrozen(_Planted):
+    """LoRA adapters added, and the base weights left trainable too."""
+
+    name = "planted-lora-base-not-frozen"
+
+    def plant(self, run, model, settings):
+        if settings.lora_rank > 0:
+            model.unfreeze()
+        return run
+
+
+class AccumulationKeepsLast(_Planted):
+    """Gradient accumulation that keeps only the last micro-batch's gradient (the logged loss stays right)."""
+
+    name = "planted-accumulation-keeps-last"
+
+    def plant(self, run, model, settings):
+        from mlx.utils import tree_map
+
+        trainer, calls = run.trainer, [0]
+        grad_fn, k = trainer._grad_fn, trainer.config.grad_accumulation_steps
+
+        def keeps_last(*args):
+            (loss, metrics), grads = grad_fn(*args)
+            calls[0] += 1
+            if calls[0] % k:  # not the step's last micro-batch: its gradient is lost
+                grads = tree_map(lambda g: g * 0, grads)
+            return (loss, metrics), grads
+
+        trainer._grad_fn = keeps_last
+        return run
+
+
+class RewardsWithoutBeta(_Planted):
+    """The logged rewards/chosen forgets beta (the loss itself is right)."""
+
+    name = "planted-rewards-without-beta"
+
+    def plant(self, run, model, settings):
+        step = run.step
+
+        def logged():
+            record = step()
+            if "rewards/chosen" in record:
+                beta = run.trainer.config.beta
+                record["rewards/chosen"] = record["rewards/chosen"] / beta
+            return record
+
+        run.step = logged
+        return run
