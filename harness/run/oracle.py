@@ -57,7 +57,12 @@ class StepOracle:
         if rows is None:
             self.skipped = "the target does not say which rows a step consumes (rows_for_step)"
             return
-        loss, metrics = recompute_step(self.case.trainer, self.model, self.reference, rows, self.hp)
+        was = self.model.training
+        self.model.train()  # the mode the trainer differentiates in; the reference stays in inference mode
+        try:
+            loss, metrics = recompute_step(self.case.trainer, self.model, self.reference, rows, self.hp)
+        finally:
+            self.model.train(was)
         self.results.append({"step": k, "loss": loss, "metrics": metrics})
         if k == 1 and self.case.settings.ranks == 1:
             self._before = _params(self.model)
@@ -91,4 +96,5 @@ class StepOracle:
             self._shadows.append(copy.deepcopy(self.model))
         shadow = self._shadows[slot]
         shadow.update(tree_unflatten(list(params.items())))
+        shadow.train()  # the policy's log-probs are taken in training mode, as the trainer takes them
         return shadow

@@ -110,3 +110,12 @@ def test_a_changed_default_is_config_drift_naming_the_field_and_update_says_what
     assert failure["kind"] == "config-drift" and failure["message"] == "beta: golden 0.1, now 0.12"
     result, _ = _run(tmp_path, "LossConstant", *args, "--update-snapshots", snapshots=snaps)
     assert "rewritten" in result.output and "config beta: golden 0.1, now 0.12" in result.output
+
+
+def test_a_gradient_of_rounding_noise_is_a_gradient_mismatch(tmp_path):
+    result, cases = _run(tmp_path, "GradientOfNoise", "--trainer", "dpo", "--fixture", "tiny-llama",
+                         "--scenario", "plain")
+    case = cases["dpo/tiny-llama/fp32"]
+    assert _check(case, "loss-recompute")["status"] == "pass"  # the value is exactly right
+    assert case["failure"]["kind"] == "gradient-mismatch", case["failure"]
+    assert "grad_norm reported" in case["failure"]["message"]

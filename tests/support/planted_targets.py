@@ -275,3 +275,20 @@ class RewardsWithoutBeta(_Planted):
 
         run.step = logged
         return run
+
+
+class GradientOfNoise(_Planted):
+    """The loss value is right but its gradient is a millionth of it: AdamW rescales it into a full-size step."""
+
+    name = "planted-gradient-of-noise"
+
+    def plant(self, run, model, settings):
+        spec = run.trainer.spec
+        objective = spec.objective
+
+        def faint(model, batch, ref, stats, config):
+            loss, metrics = objective(model, batch, ref, stats, config)
+            return mx.stop_gradient(loss) + 1e-6 * (loss - mx.stop_gradient(loss)), metrics
+
+        run.trainer.spec = type(spec)(**{**spec.__dict__, "objective": faint})
+        return run
