@@ -116,5 +116,6 @@ def check(grads: dict, before: dict, after: dict, record: dict, tolerances, sign
         return skipped("gradient", "the target reports no gradient norm and changed no weight we can compare")
     if problems:
         return _check("gradient", False, "; ".join(problems), "gradient-mismatch")
-    return _check("gradient", True, f"step 1: norm {norm:.6g} as reported; {agree}/{total} significant weights "
-                                    f"moved against the standard gradient")
+    rel = abs(reported - norm) / norm if isinstance(reported, (int, float)) and norm else 0.0
+    return _check("gradient", True, f"step 1: norm {norm:.6g} as reported (relative difference {rel:.2g}); "
+                                    f"{agree}/{total} significant weights moved against the standard gradient")

@@ -68,7 +68,10 @@ def recompute_step(trainer: str, policy, reference, rows, hp: dict):
     if trainer == "kto":
         p, _ = _logps(policy, rows, "completion")
         r, _ = _logps(reference, rows, "completion")
+        was = policy.training
+        policy.eval()  # z is a detached estimate: taken as the frozen reference's is, in inference mode
         pm, _ = _logps(policy, rows, "completion", shift=True)
+        policy.train(was)
         rm, _ = _logps(reference, rows, "completion", shift=True)
         z = formulas.kto_z(pm, rm)
         labels = [bool(row["label"]) for row in rows]
