@@ -12,7 +12,7 @@ from mlx.utils import tree_flatten
 
 # The most specific first: a case's kind names what is wrong, before any check that only says "different".
 ORDER = ("completes", "ranks-agree", "training-mode", "finite", "updates", "loss-recompute", "metric-recompute",
-         "gradient", "analytic", "dead-knob", "coverage", "equivalence", "reproducible", "config", "golden")
+         "equivalence", "gradient", "analytic", "dead-knob", "coverage", "reproducible", "config", "golden")
 
 EXPLANATIONS = {
     "vjp-missing": (

@@ -85,6 +85,7 @@ def test_an_accumulation_that_drops_gradients_is_equivalence_drift_in_the_defaul
     case = cases["kto/tiny-llama/fp32/accumulation"]
     assert case["failure"]["kind"] == "equivalence-drift", case["failure"]
     assert "batch 2 x accumulation 2" in case["failure"]["message"] and "batch 4" in case["failure"]["message"]
+    assert _check(case, "gradient")["status"] == "fail"  # the step's gradient is not the standard one either
 
 
 def test_a_logged_metric_off_its_definition_is_a_metric_mismatch(tmp_path):

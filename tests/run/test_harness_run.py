@@ -37,7 +37,8 @@ def test_passing_run_exits_0_and_writes_all_reports(tmp_path):
     assert case["status"] == "pass" and case["failure"] is None
     assert [s["step"] for s in case["steps"]] == [1, 2, 3] and all("loss" in s for s in case["steps"])
     assert [c["name"] for c in case["checks"]] == ["completes", "training-mode", "finite", "updates",
-                                                  "loss-recompute", "metric-recompute", "analytic", "coverage",
+                                                  "loss-recompute", "metric-recompute", "gradient", "analytic",
+                                                  "coverage",
                                                   "reproducible", "config", "golden"]
     assert all(c["status"] == "pass" for c in case["checks"] if c["name"] != "coverage")
     assert {"mlx", "mlx-lm", "python", "backend", "device"} <= set(report["environment"])
