@@ -28,7 +28,7 @@ def _own_project(tree: Path) -> bool:
     return all((tree / d / "__init__.py").exists() for d in ("harness", "trainers", "fixtures"))
 
 
-def _shim(tree: Path, where: Path) -> Path:
+def package_shim(tree: Path, where: Path) -> Path:
     """A folder whose ``mlxth`` package is the worktree's three folders."""
     pkg = where / "mlxth"
     pkg.mkdir(parents=True, exist_ok=True)
@@ -46,7 +46,7 @@ def step(tree: Path, run_args, snapshots: Path, log: Path) -> int:
     paths = [str(tree)]
     with tempfile.TemporaryDirectory(prefix="mlxth-bisect-step-") as tmp:
         if _own_project(tree):
-            paths.insert(0, str(_shim(tree, Path(tmp) / "shim")))
+            paths.insert(0, str(package_shim(tree, Path(tmp) / "shim")))
         env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         reports = Path(tmp) / "reports"
         cmd = [sys.executable, "-m", "mlxth.harness.cli", "run", "--reports", str(reports),
