@@ -96,6 +96,7 @@ def releases(target, first=None, last=None, find_links=None, index=True, pre=Fal
     chosen = [v for v in versions if (low is None or v >= low) and (high is None or v <= high)]
     for name, bound in (("--from", low), ("--to", high)):
         if bound is not None and bound not in versions:
-            raise VersionError(f"{name} {bound}: {dist} has no such release (known: "
-                               f"{', '.join(map(str, versions[-8:]))}{', ...' if len(versions) > 8 else ''})")
+            shown = ", ".join(map(str, versions[-8:]))
+            raise VersionError(f"{name} {bound}: {dist} has no such release (its releases: "
+                               f"{'..., ' if len(versions) > 8 else ''}{shown})")
     return [str(v) for v in chosen]
