@@ -19,7 +19,7 @@ from ..tools import bench as bench_mod
 from ..tools import bisect as bisect_mod
 from ..tools import release_bisect
 from ..tools import triage as triage_mod
-from ..tools.versions import VersionError
+from ..tools.versions import VersionError, library_version
 from .common import check_names, fail_usage, filter_options, main, resolve_target, select_cases
 from .sweep import release_source_options
 
@@ -98,10 +98,22 @@ def side_by_side(results, names):
 @click.option("--snapshots", "snapshots_dir", type=click.Path(file_okay=False),
               help="Golden snapshot folder.  [default: snapshots/ in the project root]")
 @click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True, type=float, help="Seconds per run.")
-def triage_command(target, trainer, fixture, variant, steps, snapshots_dir, timeout):
+@click.option("--target-version", help="Triage this released version of the target's library (installed aside).")
+@release_source_options
+def triage_command(target, trainer, fixture, variant, steps, snapshots_dir, timeout, target_version, find_links,
+                   no_index):
     """Re-run a failing case under a ladder of toggles and diagnose which one flips it."""
     target_obj, cases = select_cases(target, (trainer,), (fixture,), (variant,), steps)
     case = cases[0]
+    if target_version:
+        if no_index and not find_links:
+            fail_usage("--no-index needs --find-links: there would be nowhere to install releases from")
+        try:
+            click.get_current_context().with_resource(
+                library_version(target_obj, target_version, find_links, not no_index))
+        except VersionError as err:
+            fail_usage(str(err))
+        click.echo(f"{target_obj.name}: using release {target_version}")
     click.echo(f"harness triage {case.id}")
 
     def progress(rung):
