@@ -117,7 +117,8 @@ def triage_command(target, trainer, fixture, variant, steps, snapshots_dir, time
     click.echo(f"harness triage {case.id}")
 
     def progress(rung):
-        click.echo(f"  {rung['rung']:<12} {rung['status']:<5} {'FLIPS' if rung['flips'] else '':<6} {rung['detail']}")
+        mark = "FLIPS" if rung["flips"] else "CLEARS" if rung.get("clears") else ""
+        click.echo(f"  {rung['rung']:<12} {rung['status']:<5} {mark:<6} {rung['detail']}")
 
     snapshots = Path(snapshots_dir) if snapshots_dir else default_snapshots()
     with tempfile.TemporaryDirectory(prefix="mlxth-triage-") as tmp:
@@ -125,7 +126,7 @@ def triage_command(target, trainer, fixture, variant, steps, snapshots_dir, time
                                             on_rung=progress)
     click.echo()
     click.echo(triage_mod.diagnosis(original, rungs))
-    sys.exit(0 if any(r["flips"] for r in rungs) else 1)
+    sys.exit(0 if any(r["flips"] or r.get("clears") for r in rungs) else 1)
 
 
 @main.command("bisect")
