@@ -46,8 +46,10 @@ def list_releases(target_obj, first, last, find_links, no_index):
               help="Golden snapshot folder.  [default: snapshots/ in the project root]")
 @click.option("--jobs", default=2, show_default=True, type=click.IntRange(1, 64))
 @click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True, type=float, help="Seconds per case.")
+@click.option("--workaround", is_flag=True, help="Apply the target's start-up workaround for this backend (as "
+                                                 "`harness conformance` retries with it).")
 def sweep_command(target, first, last, trainers, fixtures, variants, steps, find_links, no_index, reports_dir,
-                  snapshots_dir, jobs, timeout):
+                  snapshots_dir, jobs, timeout, workaround):
     """Run the selected cases on every release from --from to --to; print one table release x case.
 
     Each cell is the case's status and failure kind on that release ("not
@@ -60,6 +62,13 @@ def sweep_command(target, first, last, trainers, fixtures, variants, steps, find
     check_names("variant", variants, list(VARIANTS))
     if not target_obj.distribution:
         fail_usage(f"target {target_obj.name!r} names no distribution, so it has no releases to sweep")
+    extra = {}
+    if workaround:
+        offered = target_obj.workaround()
+        if not offered:
+            fail_usage(f"--workaround: target {target_obj.name!r} has none")
+        extra, description = offered
+        click.echo(f"workaround: {description}")
     found = list_releases(target_obj, first, last, find_links, no_index)
     selection = [(t, f, v) for t in trainers or TRAINERS for f in fixtures or FIXTURES
                  for v in variants or DEFAULT_VARIANTS]
@@ -74,7 +83,8 @@ def sweep_command(target, first, last, trainers, fixtures, variants, steps, find
         click.echo(f"  {row['release']}: " + (row["note"] or "; ".join(ran)))
 
     result = sweep_mod.sweep(target_obj, found, selection, steps=steps, snapshots=snapshots, jobs=jobs,
-                             timeout=timeout, find_links=find_links, index=not no_index, on_release=on_release)
+                             timeout=timeout, find_links=find_links, index=not no_index, extra=extra,
+                             on_release=on_release)
     result["run_id"] = run_id
     out = sweep_mod.write(Path(reports_dir), run_id, result)
     click.echo()

@@ -38,12 +38,19 @@ def case_key(trainer, fixture, variant) -> str:
     return f"{trainer}/{fixture}/{variant}"
 
 
+def _settings(trainer, variant, steps, extra):
+    settings = case_settings(trainer, variant, steps)
+    settings.extra.update(extra or {})
+    return settings
+
+
 def run_release(target, release, selection, *, steps, snapshots, jobs, timeout, find_links=None, index=True,
-                on_result=None) -> dict:
+                extra=None, on_result=None) -> dict:
     """Run ``selection`` (``(trainer, fixture, variant)`` triples) on one release of ``target``.
 
     Returns ``{"release", "version", "note", "results": {key: result}, "offered": [...]}``; ``note``
-    says why nothing ran (the release cannot be installed, or the adapter cannot drive it).
+    says why nothing ran (the release cannot be installed, or the adapter cannot drive it).  ``extra``
+    goes into every case's ``Settings.extra`` (a target's workaround).
     """
     entry = {"release": release, "version": None, "note": "", "offered": [], "results": {}}
     try:
@@ -53,7 +60,7 @@ def run_release(target, release, selection, *, steps, snapshots, jobs, timeout, 
             if info["unsupported"]:
                 entry["note"] = f"not driven: {info['unsupported']}"
                 return entry
-            cases = [Case(target.name, t, f, v, case_settings(t, v, steps), target.spec)
+            cases = [Case(target.name, t, f, v, _settings(t, v, steps, extra), target.spec)
                      for t, f, v in selection if t in entry["offered"]]
             results = run_cases(cases, jobs=jobs, timeout=timeout, snapshots=snapshots,
                                 golden_key=target.golden_key, on_result=on_result) if cases else []
@@ -95,13 +102,14 @@ def cell_text(c, every_kind=False) -> str:
 
 
 def sweep(target, releases, selection, *, steps, snapshots, jobs, timeout, find_links=None, index=True,
-          on_release=None, on_result=None) -> dict:
+          extra=None, on_release=None, on_result=None) -> dict:
     """Run ``selection`` over ``releases``; return the sweep (``table_rows`` makes the table)."""
     keys = [case_key(*s) for s in selection]
-    out = {"target": target.name, "steps": steps, "cases": keys, "releases": []}
+    out = {"target": target.name, "steps": steps, "cases": keys, "extra": dict(extra or {}), "releases": []}
     for release in releases:
         entry = run_release(target, release, selection, steps=steps, snapshots=snapshots, jobs=jobs,
-                            timeout=timeout, find_links=find_links, index=index, on_result=on_result)
+                            timeout=timeout, find_links=find_links, index=index, extra=extra,
+                            on_result=on_result)
         row = {"release": release, "version": entry["version"], "note": entry["note"], "offered": entry["offered"],
                "cells": {key: cell(entry, key) for key in keys}}
         out["releases"].append(row)

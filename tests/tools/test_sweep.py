@@ -49,6 +49,7 @@ def test_sweep_reads_the_story_release_by_release(toylib, tmp_path):
     (["--from", "0.1.0", "--to", "1.0.0"], "--from 0.1.0: toylib has no such release"),
     (["--from", "one", "--to", "1.0.0"], "--from 'one' is not a version number"),
     (["--from", "1.0.0", "--to", "1.3.0", "--trainer", "nope"], "unknown trainer 'nope'"),
+    (["--from", "1.0.0", "--to", "1.3.0", "--workaround"], "--workaround: target 'toylib' has none"),
 ])
 def test_sweep_refuses_bad_ranges_in_one_line(toylib, args, message):
     base = ["sweep", "--target", f"{toylib['target']}:Target"]
