@@ -57,6 +57,9 @@ class Target(Protocol):
 
     def version(self) -> str: ...
 
+    def unsupported(self) -> str:
+        """Why the installed release of the library cannot be driven at all (one line); "" when it can."""
+
     def documented_hyperparameters(self, trainer: str) -> list:
         """``(name, value)`` pairs each of which must change the trace (conformance's dead-config probe)."""
 
@@ -114,6 +117,10 @@ class LoadedTarget:
     def version(self) -> str:
         method = getattr(self.obj, "version", None)
         return method() if method is not None else None
+
+    def unsupported(self) -> str:
+        method = getattr(self.obj, "unsupported", None)
+        return (method() or "") if method is not None else ""
 
     def documented_hyperparameters(self, trainer) -> list:
         method = getattr(self.obj, "documented_hyperparameters", None)

@@ -6,8 +6,11 @@ and mapping the standard hyper-parameter names onto its fields.
 import collections
 import copy
 import importlib.metadata
+import importlib.util
+import re
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 from greenlet import greenlet
 
@@ -30,6 +33,43 @@ def library_version(distribution: str) -> str:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         return "not installed"
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+_PROJECT_VERSION = re.compile(r'^\[project\][^\[]*?^version\s*=\s*["\']([^"\']+)["\']', re.M | re.S)
+_DUNDER_VERSION = re.compile(r'^__version__\s*=\s*["\']([^"\']+)["\']', re.M)
+
+
+def code_version(module: str, distribution: str):
+    """``(version, where)`` of the code ``import module`` takes, read without importing it.
+
+    The version comes from the distribution's metadata beside the package (a
+    site-packages or ``pip install --target`` folder: ``where`` is
+    ``"installed"``), else from the ``pyproject.toml`` or ``__version__`` of a
+    source checkout on the path (``"source"``); ``(None, None)`` when the
+    module is not importable.  Unlike ``importlib.metadata``, this follows
+    ``PYTHONPATH``: a checkout put first is what is reported.
+    """
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.origin or spec.origin in ("built-in", "frozen"):
+        return None, None
+    package = Path(spec.origin).parent
+    for info in sorted(package.parent.glob("*.dist-info")):
+        name, _, version = info.name[: -len(".dist-info")].partition("-")
+        if _normalise(name) == _normalise(distribution):
+            return version, "installed"
+    for path, pattern in ((package.parent / "pyproject.toml", _PROJECT_VERSION),
+                          (Path(spec.origin), _DUNDER_VERSION)):
+        found = pattern.search(path.read_text(errors="replace")) if path.is_file() else None
+        if found:
+            return found.group(1), "source"
+    return library_version(distribution), "installed"
 
 
 def standard_defaults(trainer: str) -> dict:

@@ -1,21 +1,31 @@
 """Target adapter for mlx-lm-lora (import name ``mlx_lm_lora``), driven as its own CLI drives it.
 
-How each setting maps onto the library, and what the adapter observes, is in
-the README ("How the adapters drive each library").
+It follows the library from 0.9.10 on (what changed when is in the constants
+below and the README); the release is read from the code ``import
+mlx_lm_lora`` takes.  How each setting maps onto the library, and what the
+adapter observes, is in the README ("How the adapters drive each library").
 """
 
+import sys
 import tempfile
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
+from packaging.version import InvalidVersion, Version
 
 from ...fixtures.rewards import DEFAULT_REWARDS
-from . import StepLoop, frozen_copy, library_version, resolve_hyperparameters
+from . import StepLoop, code_version, frozen_copy, resolve_hyperparameters
 
 DISTRIBUTION = "mlx-lm-lora"
-TRAINERS = ("dpo", "orpo", "grpo")
+MODULE = "mlx_lm_lora"
+TRAINERS = ("dpo", "orpo", "grpo")  # every release driven; none has KTO or SimPO
+# The releases at which what the adapter relies on changed (the git history of Goekdeniz-Guelmez/mlx-lm-lora).
+FIRST_RELEASE = Version("0.9.10")  # the oldest release the adapter is checked against
+OPTIONAL_VALIDATION = Version("1.0.1")  # before: val_dataset is required, GRPO has no top_p/top_k,
+#                                         and the wired limit is read from mx.metal.device_info()
+NEEDS_PYTHON_311 = Version("5.8.6")
 CONTROL = ("cpu_device_info_shim",)
 OFFERED = {
     "dpo": {"beta": "beta", "loss_type": "loss_type"},
@@ -45,7 +55,30 @@ UNSTABLE = ("iterations_per_second", "tokens_per_second", "peak_memory", "traine
 
 
 def version() -> str:
-    return library_version(DISTRIBUTION)
+    found, where = code_version(MODULE, DISTRIBUTION)
+    if found is None:
+        return "not installed"
+    return found if where == "installed" else f"{found} (source checkout)"
+
+
+def release():
+    """The release of the code ``import mlx_lm_lora`` takes (a ``Version``), or None."""
+    found, _ = code_version(MODULE, DISTRIBUTION)
+    try:
+        return Version(found) if found else None
+    except InvalidVersion:
+        return None
+
+
+def unsupported(rel) -> str:
+    """Why the adapter cannot drive release ``rel`` (one line), or "" when it can."""
+    if rel is None:
+        return "mlx-lm-lora is not installed (pip install mlx-lm-lora)"
+    if rel < FIRST_RELEASE:
+        return f"mlx-lm-lora {rel} is older than the oldest release the adapter is checked against ({FIRST_RELEASE})"
+    if rel >= NEEDS_PYTHON_311 and sys.version_info < (3, 11):
+        return f"mlx-lm-lora {rel} needs Python 3.11 or later"
+    return ""
 
 
 def _pair_items(rows, scores=False):
@@ -74,23 +107,28 @@ def _reward_funcs(rewards):
 
 
 class _DeviceInfoShim:
-    """Wrap ``mx.device_info`` to also report Metal's wired-limit key (see the module notes)."""
+    """Wrap ``mx.device_info`` and ``mx.metal.device_info`` (what releases before 1.0.1 read) to also report
+    Metal's wired-limit key (see the README)."""
 
     def __init__(self):
-        self._original = None
+        self._originals = []
 
     def __enter__(self):
-        original = self._original = mx.device_info
-        mx.device_info = lambda: {"max_recommended_working_set_size": 0, **original()}
+        for owner in (mx, mx.metal):
+            original = owner.device_info
+            self._originals.append((owner, original))
+            owner.device_info = lambda _original=original: {"max_recommended_working_set_size": 0, **_original()}
         return self
 
     def __exit__(self, *exc):
-        mx.device_info = self._original
+        for owner, original in reversed(self._originals):
+            owner.device_info = original
+        self._originals = []
         return False
 
 
 class MlxLmLoraRun:
-    def __init__(self, trainer, model, tokenizer, rows, settings):
+    def __init__(self, trainer, model, tokenizer, rows, settings, rel):
         from mlx_lm.tuner.callbacks import TrainingCallback
 
         from mlx_lm_lora.trainer import dpo_trainer, grpo_trainer, orpo_trainer
@@ -115,6 +153,10 @@ class MlxLmLoraRun:
                       steps_per_report=1, steps_per_eval=10**9, steps_per_save=10**9,
                       adapter_file=str(Path(self._tmp.name) / "adapters.safetensors"),
                       max_seq_length=settings.max_length, gradient_accumulation_steps=self.accumulation)
+        # Before 1.0.1 a validation set is required and evaluated at the first and last iteration.
+        validation = rel < OPTIONAL_VALIDATION
+        if validation:
+            common["val_batches"] = 1
         optimizer = optim.Adam(learning_rate=settings.learning_rate)
         loop_ref = self
 
@@ -128,25 +170,27 @@ class MlxLmLoraRun:
             args = dpo_trainer.DPOTrainingArgs(**common, **lib_fields)
             self._call = lambda: dpo_trainer.train_dpo(
                 model=model, ref_model=self.reference_model, optimizer=optimizer, train_dataset=self.dataset,
-                args=args, training_callback=callback)
+                val_dataset=self.dataset if validation else None, args=args, training_callback=callback)
         elif trainer == "orpo":
             self.dataset = _pair_items(rows, scores=True)
             args = orpo_trainer.ORPOTrainingArgs(**common, **lib_fields)
             self._call = lambda: orpo_trainer.train_orpo(
-                model=model, optimizer=optimizer, train_dataset=self.dataset, args=args,
-                training_callback=callback)
+                model=model, optimizer=optimizer, train_dataset=self.dataset,
+                val_dataset=self.dataset if validation else None, args=args, training_callback=callback)
         else:
             from mlx_lm_lora.trainer.datasets import GRPODataset
 
             self.dataset = GRPODataset([{"prompt": r["prompt"], "answer": r["answer"]} for r in rows], tokenizer,
                                        text_completion_key="prompt")
             funcs, weights = _reward_funcs(DEFAULT_REWARDS)
-            lib_fields.setdefault("top_p", 1.0)
-            lib_fields.setdefault("top_k", 0)
+            if not validation:  # plain temperature sampling; before 1.0.1 there is nothing else
+                lib_fields.setdefault("top_p", 1.0)
+                lib_fields.setdefault("top_k", 0)
             args = grpo_trainer.GRPOTrainingArgs(**common, reward_weights=weights, **lib_fields)
             self._call = lambda: grpo_trainer.train_grpo(
                 model=model, ref_model=self.reference_model, tokenizer=tokenizer, optimizer=optimizer,
-                train_dataset=self.dataset, reward_funcs=funcs, args=args, training_callback=callback)
+                train_dataset=self.dataset, val_dataset=self.dataset if validation else None, reward_funcs=funcs,
+                args=args, training_callback=callback)
         self.args = args
         self._loop = StepLoop(self._train)
         self._taken = 0
@@ -222,20 +266,28 @@ class MlxLmLoraTarget:
     def version(self) -> str:
         return version()
 
+    def unsupported(self) -> str:
+        return unsupported(release())
+
     def trainers(self):
-        return TRAINERS
+        return () if unsupported(release()) else TRAINERS
 
     def documented_hyperparameters(self, trainer):
         return list(DOCUMENTED[trainer])
 
     def workaround(self):
         """Extra settings that get a trainer past a start-up failure on this backend, and why."""
-        return dict(WORKAROUND), ("mx.device_info() wrapped to also report max_recommended_working_set_size "
+        return dict(WORKAROUND), ("mx.device_info() and mx.metal.device_info() wrapped to also report "
+                                  "max_recommended_working_set_size "
                                   "(a Metal-only key) while the trainer starts")
 
     def prepare(self, trainer, model, tokenizer, rows, settings):
+        rel = release()
+        reason = unsupported(rel)
+        if reason:
+            raise ValueError(reason)
         if trainer not in TRAINERS:
             raise ValueError(f"mlx-lm-lora offers no {trainer} trainer")
         if getattr(settings, "ranks", 1) > 1:
             raise ValueError("the mlx-lm-lora adapter runs single-process only (settings.ranks > 1)")
-        return MlxLmLoraRun(trainer, model, tokenizer, rows, settings)
+        return MlxLmLoraRun(trainer, model, tokenizer, rows, settings, rel)

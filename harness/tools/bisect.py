@@ -1,10 +1,15 @@
-"""``harness bisect``: the commit at which selected cases went from passing to failing.
+"""``harness bisect`` over commits: the commit at which selected cases flipped, either way.
 
 ``git bisect run`` in a throw-away linked worktree, so the user's working
 tree, index and branch are never touched; each step is a fresh ``harness run``
-against the code at that commit (a library's repository on ``PYTHONPATH``, or
-this project's own folders mapped to ``mlxth.*``), held to the good
-revision's goldens.  Exit codes follow git: good 0, bad 1, untestable 125.
+against the code at that commit, with the worktree first on ``PYTHONPATH`` (a
+library's repository: ``import`` takes the commit's code, whichever target
+drives it; this project's own history: its folders mapped to ``mlxth.*``),
+held to the goldens of the passing end.  Both ends are tested first: passing
+then failing is a regression (the first bad commit is found), failing then
+passing a fix (the first good commit).  A revision is bad when a selected case
+fails (with one of ``kinds``, when given); one that cannot be tested is
+skipped (git's 125).
 """
 
 import json
@@ -15,6 +20,9 @@ import tempfile
 from pathlib import Path
 
 SKIP = 125
+REGRESSION, FIX = "regression", "fix"
+# git bisect's terms per direction: (old, new); a fix bisects with the terms "broken" and "fixed".
+TERMS = {REGRESSION: ("good", "bad"), FIX: ("broken", "fixed")}
 
 
 def git(repo, *args, check=True):
@@ -22,6 +30,14 @@ def git(repo, *args, check=True):
     if check and out.returncode != 0:
         raise RuntimeError(f"git {' '.join(args)}: {out.stderr.strip()}")
     return out.stdout.strip()
+
+
+def state_of(failures, kinds=()) -> str:
+    """``"bad"`` when a failure counts (any, or one of ``kinds``), else ``"good"``; ``"skip"`` when the code
+    under test does not import (unless ``import-error`` is itself the kind asked for)."""
+    if "import-error" not in kinds and any(f["kind"] == "import-error" for f in failures):
+        return "skip"
+    return "bad" if any(not kinds or f["kind"] in kinds for f in failures) else "good"
 
 
 def _own_project(tree: Path) -> bool:
@@ -40,8 +56,8 @@ def package_shim(tree: Path, where: Path) -> Path:
     return where
 
 
-def step(tree: Path, run_args, snapshots: Path, log: Path) -> int:
-    """One bisect step at the commit checked out in ``tree``; returns git's exit code."""
+def test_revision(tree: Path, run_args, snapshots: Path, kinds=()) -> dict:
+    """Run the cases at the commit checked out in ``tree``: ``{"commit", "exit", "failures", "verdict"}``."""
     env = dict(os.environ)
     paths = [str(tree)]
     with tempfile.TemporaryDirectory(prefix="mlxth-bisect-step-") as tmp:
@@ -54,26 +70,34 @@ def step(tree: Path, run_args, snapshots: Path, log: Path) -> int:
         proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
         found = sorted(reports.glob("*/report.json"))
         report = json.loads(found[-1].read_text()) if found else None
-    commit = git(tree, "rev-parse", "HEAD")
-    entry = {"commit": commit, "exit": proc.returncode, "failures": []}
+    entry = {"commit": git(tree, "rev-parse", "HEAD"), "exit": proc.returncode, "failures": []}
     if report is not None:
         entry["failures"] = [{"case": c["id"], **c["failure"]} for c in report["cases"] if c["failure"]]
-    if proc.returncode == 0:
-        code = 0
-    elif proc.returncode == 1 and report is not None and not any(
-            f["kind"] == "import-error" for f in entry["failures"]):
-        code = 1
+    if report is None or proc.returncode not in (0, 1):
+        entry["verdict"] = "skip"  # unknown cases, usage error, a crash of the harness: not testable here
     else:
-        code = SKIP  # does not import, unknown cases, usage error: cannot be tested here
-        entry["reason"] = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or [""]
-    entry["verdict"] = {0: "good", 1: "bad", SKIP: "skip"}[code]
+        entry["verdict"] = state_of(entry["failures"], kinds)
+    if entry["verdict"] == "skip":
+        entry["reason"] = ((proc.stdout + proc.stderr).strip().splitlines() or [""])[-1]
+        if report is not None:
+            entry["reason"] = next((f["message"] for f in entry["failures"] if f["kind"] == "import-error"),
+                                   entry["reason"])
+    return entry
+
+
+def step(tree: Path, run_args, snapshots: Path, log: Path, kinds=(), direction=REGRESSION) -> int:
+    """One ``git bisect run`` step; returns git's exit code (0 the old term, 1 the new one, 125 skip)."""
+    entry = test_revision(tree, run_args, snapshots, kinds)
     with open(log, "a") as fh:
         fh.write(json.dumps(entry) + "\n")
-    return code
+    if entry["verdict"] == "skip":
+        return SKIP
+    bad = entry["verdict"] == "bad"
+    return int(bad) if direction == REGRESSION else int(not bad)
 
 
 def _export_goldens(repo, rev, dest: Path):
-    """The good revision's snapshots/ folder (empty when it has none)."""
+    """The revision's snapshots/ folder (empty when it has none)."""
     dest.mkdir(parents=True, exist_ok=True)
     if git(repo, "ls-tree", "-d", rev, "snapshots", check=False):
         archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "snapshots"], capture_output=True)
@@ -82,64 +106,110 @@ def _export_goldens(repo, rev, dest: Path):
     return dest
 
 
-def bisect(repo, good, bad, run_args, echo=print):
-    """Find the first bad commit; return a report dict (also printed through ``echo``)."""
+def ends_message(old, new, old_entry, new_entry, direction):
+    """Why there is nothing to bisect, or None.  ``direction`` is what was asked for (None: either way);
+    ``new_entry`` is None when the old end already settled it."""
+    names = ("--from", "--to") if direction is None else ("--good", "--bad")
+    for name, rev, entry in ((names[0], old, old_entry), (names[1], new, new_entry or {})):
+        if entry.get("verdict") == "skip":
+            return f"{name} {rev} cannot be tested: {entry.get('reason') or 'the run did not complete'}"
+    if direction == REGRESSION and old_entry["verdict"] != "good":
+        return f"the good revision {old} tests bad, not good: nothing to bisect"
+    if direction == REGRESSION and new_entry["verdict"] != "bad":
+        return f"the bad revision {new} tests good, not bad: nothing to bisect"
+    if old_entry["verdict"] == new_entry["verdict"]:
+        return f"both ends test {old_entry['verdict']}: the cases did not flip between {old} and {new}"
+    return None
+
+
+def bisect(repo, old, new, run_args, kinds=(), direction=None):
+    """Find the commit where the cases flipped between ``old`` and ``new``; return a report dict.
+
+    ``direction`` ``"regression"`` requires ``old`` good and ``new`` bad (``--good``/``--bad``);
+    ``None`` takes whichever way the two ends differ (``--from``/``--to``).
+    """
     repo = Path(repo).resolve()
     git(repo, "rev-parse", "--git-dir")
-    good_sha, bad_sha = git(repo, "rev-parse", f"{good}^{{commit}}"), git(repo, "rev-parse", f"{bad}^{{commit}}")
+    old_sha, new_sha = git(repo, "rev-parse", f"{old}^{{commit}}"), git(repo, "rev-parse", f"{new}^{{commit}}")
+    steps = []
     with tempfile.TemporaryDirectory(prefix="mlxth-bisect-") as tmp:
         tmp = Path(tmp)
         tree, log = tmp / "worktree", tmp / "steps.jsonl"
-        snapshots = _export_goldens(repo, good_sha, tmp / "goldens")
-        git(repo, "worktree", "add", "--detach", str(tree), bad_sha)
+        goldens = _export_goldens(repo, old_sha, tmp / "goldens-old")
+        git(repo, "worktree", "add", "--detach", str(tree), new_sha)
         try:
-            for rev, want, name in ((good_sha, 0, "good"), (bad_sha, 1, "bad")):
-                git(tree, "checkout", "-q", "--detach", rev)
-                if step(tree, run_args, snapshots, log) != want:
-                    verdict = json.loads(log.read_text().splitlines()[-1])["verdict"]
-                    return {"first_bad": None, "steps": [json.loads(x) for x in log.read_text().splitlines()],
-                            "message": [f"the {name} revision {rev[:10]} tests {verdict}, not {name}: nothing to bisect"]}
-            git(tree, "bisect", "start", bad_sha, good_sha)
-            cmd = [sys.executable, "-m", "mlxth.harness.tools.bisect", "--step", str(tree), str(snapshots), str(log),
-                   "--", *run_args]
+            git(tree, "checkout", "-q", "--detach", old_sha)
+            old_entry = {**test_revision(tree, run_args, goldens, kinds), "rev": old}
+            steps.append(old_entry)
+            new_entry = None
+            if old_entry["verdict"] != "skip" and (direction is None or old_entry["verdict"] == "good"):
+                if old_entry["verdict"] == "bad":  # a fix: held to the goldens of the passing end, the new one
+                    goldens = _export_goldens(repo, new_sha, tmp / "goldens-new")
+                git(tree, "checkout", "-q", "--detach", new_sha)
+                new_entry = {**test_revision(tree, run_args, goldens, kinds), "rev": new}
+                steps.append(new_entry)
+            message = ends_message(old, new, old_entry, new_entry, direction)
+            if message:
+                return {"direction": direction, "unit": "commit", "first_bad": None, "first_good": None,
+                        "found": None, "steps": steps, "message": [message]}
+            found_direction = REGRESSION if old_entry["verdict"] == "good" else FIX
+            term_old, term_new = TERMS[found_direction]
+            git(tree, "bisect", "start", f"--term-old={term_old}", f"--term-new={term_new}", new_sha, old_sha)
+            options = json.dumps({"kinds": list(kinds), "direction": found_direction})
+            cmd = [sys.executable, "-m", "mlxth.harness.tools.bisect", "--step", str(tree), str(goldens), str(log),
+                   options, "--", *run_args]
             out = subprocess.run(["git", "-C", str(tree), "bisect", "run", *cmd], capture_output=True, text=True)
-            first = git(tree, "rev-parse", "--verify", "-q", "refs/bisect/bad", check=False)
-            steps = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-            if "is the first bad commit" not in out.stdout:
-                return {"first_bad": None, "steps": steps,
-                        "message": (out.stdout + out.stderr).strip().splitlines()[-3:]}
+            first = git(tree, "rev-parse", "--verify", "-q", f"refs/bisect/{term_new}", check=False)
+            steps += [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+            if f"is the first {term_new} commit" not in out.stdout:
+                return {"direction": found_direction, "unit": "commit", "first_bad": None, "first_good": None,
+                        "found": None, "steps": steps, "message": (out.stdout + out.stderr).strip().splitlines()[-3:]}
         finally:
             git(tree, "bisect", "reset", check=False)
             git(repo, "worktree", "remove", "--force", str(tree), check=False)
             git(repo, "worktree", "prune", check=False)
     subject, date = git(repo, "log", "-1", "--format=%s%x00%aI", first).split("\x00")
     files = git(repo, "show", "--name-only", "--format=", first).splitlines()
-    at_first = next((s for s in steps if s["commit"] == first), {"failures": []})
-    return {"first_bad": first, "subject": subject, "author_date": date, "files": files,
-            "failures": at_first["failures"], "steps": steps}
+    # A regression shows what fails at the first bad commit; a fix, what failed before it.
+    shown = next((s for s in steps if s["commit"] == first), None) if found_direction == REGRESSION else old_entry
+    return {"direction": found_direction, "unit": "commit", "found": first,
+            "first_bad": first if found_direction == REGRESSION else None,
+            "first_good": first if found_direction == FIX else None,
+            "subject": subject, "author_date": date, "files": files,
+            "failures": (shown or {"failures": []})["failures"], "steps": steps}
 
 
 def format_report(result) -> str:
-    if not result["first_bad"]:
-        return "bisect found no first bad commit: " + " ".join(result.get("message", []))
-    lines = [f"first bad commit: {result['first_bad']}", f"  subject: {result['subject']}",
-             f"  author date: {result['author_date']}", f"  files changed: {', '.join(result['files'])}"]
+    unit = result.get("unit", "commit")
+    if not result["found"]:
+        what = f"first bad {unit}" if result["direction"] == REGRESSION else f"{unit} where the cases flipped"
+        return f"bisect found no {what}: " + " ".join(result.get("message", []))
+    if result["direction"] == REGRESSION:
+        lines = [f"first bad {unit}: {result['found']}", "  a regression: the cases pass before it and fail from it"]
+    else:
+        lines = [f"first good {unit}: {result['found']}", "  a fix: the cases fail before it and pass from it"]
+    if unit == "commit":
+        lines += [f"  subject: {result['subject']}", f"  author date: {result['author_date']}",
+                  f"  files changed: {', '.join(result['files'])}"]
+    label = "fails there" if result["direction"] == REGRESSION else "failed before"
     for f in result["failures"]:
-        lines.append(f"  {f['case']}: {f['check']} failed ({f['kind']}): {f['message'][:160]}")
-    lines.append("steps: " + ", ".join(f"{s['commit'][:10]} {s['verdict']}" for s in result["steps"]))
+        lines.append(f"  {f['case']} {label}: {f['check']} ({f['kind']}): {f['message'][:160]}")
+    lines.append("steps: " + ", ".join(f"{s[unit][:10] if unit == 'commit' else s[unit]} {s['verdict']}"
+                                       for s in result["steps"]))
     return "\n".join(lines)
 
 
 def main(argv=None):
     """Entry point of one bisect step (called by ``git bisect run``)."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] != ["--step"] or "--" not in argv:
-        print("usage: python -m mlxth.harness.tools.bisect --step TREE GOLDENS LOG -- RUN_ARGS...", file=sys.stderr)
+    if argv[:1] != ["--step"] or "--" not in argv or argv.index("--") != 5:
+        print("usage: python -m mlxth.harness.tools.bisect --step TREE GOLDENS LOG OPTIONS_JSON -- RUN_ARGS...",
+              file=sys.stderr)
         return SKIP
-    sep = argv.index("--")
-    tree, snapshots, log = (Path(a) for a in argv[1:sep])
+    tree, snapshots, log = (Path(a) for a in argv[1:4])
     try:
-        return step(tree, argv[sep + 1:], snapshots, log)
+        options = json.loads(argv[4])
+        return step(tree, argv[6:], snapshots, log, tuple(options["kinds"]), options["direction"])
     except Exception as err:  # noqa: BLE001 - a step that cannot run is skipped, never fatal to bisect
         print(f"bisect step failed: {err}", file=sys.stderr)
         return SKIP

@@ -4,7 +4,10 @@ The rungs (``RUNGS``): training mode forced around the gradient, inference
 mode forced, the fused kernel off, ``mx.compile`` toggled, fp32 <-> bf16, the
 CPU instead of a GPU, reference log-probs precomputed, micro-batches of one.
 A rung flips the case when the changed run passes every check, its golden
-included (approximately) where the change must not move the numbers.
+included (approximately) where the change must not move the numbers.  Short
+of that, it clears the failure when the failing check passes and no check that
+passed fails: what the failure hid (a crash stops every later check) may
+then show, and is reported as such.
 """
 
 from dataclasses import replace
@@ -77,6 +80,24 @@ def _judge(result, original_golden, rung):
     return conclude(result)
 
 
+def _checks(result, status):
+    return [c["name"] for c in result["checks"] if c["status"] == status]
+
+
+def clearance(original, result):
+    """How a rung's ``result`` stands to the ``original`` failure: ``None`` when it does not clear it,
+    else ``{"remaining": [...], "revealed": [...]}``: the original's other failing checks still failing,
+    and the failures of checks the original could not run."""
+    if original["failure"] is None or result["status"] == "pass":
+        return None
+    failing, ran_before = set(_checks(result, "fail")), {c["name"] for c in original["checks"]}
+    if original["failure"]["check"] in failing or failing & set(_checks(original, "pass")):
+        return None
+    kinds = {c["name"]: c["kind"] for c in result["checks"]}
+    return {"remaining": [f"{n} ({kinds[n]})" for n in sorted(failing & set(_checks(original, "fail")))],
+            "revealed": [f"{n} ({kinds[n]})" for n in sorted(failing - ran_before)]}
+
+
 def triage(case: Case, snapshots, workdir, timeout=300, golden_key=None, on_rung=None):
     """Run the case and every applicable rung; return ``(original, rungs)``."""
     original = run_process(case, timeout, workdir)
@@ -97,7 +118,8 @@ def triage(case: Case, snapshots, workdir, timeout=300, golden_key=None, on_rung
             result = _judge(run_process(changed, timeout, workdir), original_golden, rung)
             flips = original["status"] != "pass" and result["status"] == "pass"
             detail = result["failure"]["kind"] + ": " + result["failure"]["message"] if result["failure"] else "passes"
-            rungs.append({"rung": rung, "status": result["status"], "flips": flips, "detail": detail[:160]})
+            rungs.append({"rung": rung, "status": result["status"], "flips": flips, "detail": detail[:160],
+                          "clears": clearance(original, result)})
         if on_rung:
             on_rung(rungs[-1])
     return original, rungs
@@ -108,8 +130,16 @@ def diagnosis(original, rungs) -> str:
         return "The case passes: there is nothing to triage."
     flipped = [r["rung"] for r in rungs if r["flips"]]
     head = f"{original['id']} fails with {original['failure']['kind']}: {original['failure']['message'][:200]}"
-    if not flipped:
+    if flipped:
+        return "\n".join([head, f"Flipped to passing by: {', '.join(flipped)}."] + [DIAGNOSES[r] for r in flipped])
+    # Short of a flip, the rungs that clear the failure, those leaving fewest of its other failures first.
+    cleared = sorted((r for r in rungs if r.get("clears")), key=lambda r: len(r["clears"]["remaining"]))
+    if not cleared:
         return head + "\nNo single change flips it to passing; the cause is in the trainer's logic itself."
-    lines = [head, f"Flipped to passing by: {', '.join(flipped)}."]
-    lines += [DIAGNOSES[r] for r in flipped]
+    lines = [head, f"Cleared by: {', '.join(r['rung'] for r in cleared)} (the failure goes; the case still fails "
+                   "other checks, listed per change)."]
+    for r in cleared:
+        notes = [f"still failing: {', '.join(r['clears']['remaining'])}"] if r["clears"]["remaining"] else []
+        notes += [f"then visible: {', '.join(r['clears']['revealed'])}"] if r["clears"]["revealed"] else []
+        lines.append(f"{r['rung']}: {DIAGNOSES[r['rung']]}" + (f" [{'; '.join(notes)}]" if notes else ""))
     return "\n".join(lines)

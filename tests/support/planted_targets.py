@@ -43,6 +43,17 @@ class LossConstant(_Planted):
         return run
 
 
+class SkipTrainNoUpdate(_Planted):
+    """Two faults, one hiding the other: no ``model.train()`` (the crash stops the run) and no update."""
+
+    name = "planted-skip-train-no-update"
+
+    def plant(self, run, model, settings):
+        model.train = lambda mode=True: model
+        run.trainer.optimizer.update = lambda model, grads: None
+        return run
+
+
 class InjectNaN(_Planted):
     """A NaN appears in the weights before step 2."""
 

@@ -4,21 +4,10 @@ import json
 import subprocess
 
 from support.bisect_repo import build
+from support.toylib import repo_state as _state
 from click.testing import CliRunner
 
 from mlxth.harness.cli import main
-
-
-def _state(repo):
-    def out(*args):
-        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True).stdout
-
-    return {
-        "head": out("rev-parse", "HEAD"), "branch": out("symbolic-ref", "-q", "HEAD"),
-        "status": out("status", "--porcelain", "--untracked-files=all"), "refs": out("for-each-ref"),
-        "worktrees": out("worktree", "list", "--porcelain"), "index": out("ls-files", "-s"),
-        "diff": out("diff"), "bisect": out("bisect", "log"),
-    }
 
 
 def test_bisect_names_the_commit_that_dropped_model_train(tmp_path):

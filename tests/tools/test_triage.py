@@ -26,6 +26,21 @@ def test_missing_model_train_is_diagnosed():
     assert "must call model.train() before value_and_grad (and again after generation, for GRPO)" in result.output
 
 
+def test_a_failure_that_hides_another_is_cleared_not_flipped():
+    """Training mode forced, the crash goes and the second fault shows: the rung clears the failure, and the
+    diagnosis names it first (it leaves none of the original failures), then the kernel rung."""
+    result = _triage("--target", f"{PLANTED}:SkipTrainNoUpdate", "--trainer", "dpo", "--fixture", "tiny-linear-attn")
+    assert result.exit_code == 0, result.output
+    assert _flips(result.output) == []
+    assert [line.split()[0] for line in result.output.splitlines() if " CLEARS " in line] == \
+        ["force-train", "kernel-off"]
+    assert "Cleared by: force-train, kernel-off" in result.output
+    assert "force-train: The failure disappears when the model is put in training mode" in result.output
+    assert "then visible: updates (no-update)" in result.output
+    assert "kernel-off: The failure disappears without the fused inference kernel" in result.output
+    assert "still failing: training-mode (train-mode)" in result.output
+
+
 def test_compile_only_numerical_difference_is_diagnosed(tmp_path):
     snaps = str(tmp_path / "snaps")
     recorded = CliRunner().invoke(main, ["run", "--trainer", "dpo", "--fixture", "tiny-llama", "--variant", "compiled",
