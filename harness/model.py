@@ -67,6 +67,7 @@ class Case:
     variant: str = "fp32"
     settings: Settings = field(default_factory=Settings, compare=False, hash=False)
     target_spec: str = ""  # how a worker process loads the target (name or import spec); default: target
+    model_path: str = ""  # a user's mlx-lm model folder, standing in for the fixture named ``fixture``
     # Worker-level toggles used by triage: force-train, force-eval, kernel-off, cpu.
     interventions: tuple = ()
 
@@ -88,13 +89,14 @@ class Case:
                       "interventions": tuple(data.get("interventions", ()))})
 
 
-def case_settings(trainer: str, variant: str, steps: int, ranks: int = 1) -> Settings:
+def case_settings(trainer: str, variant: str, steps: int, ranks: int = 1, project: dict = None) -> Settings:
     """A case's settings; with ``ranks`` > 1 the case's batch is split over the ranks (the
-    same global step, so the single-process golden still applies)."""
+    same global step, so the single-process golden still applies).  ``project``: the
+    project's settings for this trainer (Settings fields, hyper-parameters under "extra")."""
     settings = Settings(steps=steps)
-    per_trainer = TRAINER_SETTINGS.get(trainer, {})
-    settings = replace(settings, **{k: v for k, v in per_trainer.items() if k != "extra"})
-    settings.extra = dict(per_trainer.get("extra", {}))
+    per_trainer, project = TRAINER_SETTINGS.get(trainer, {}), project or {}
+    settings = replace(settings, **{k: v for k, v in {**per_trainer, **project}.items() if k != "extra"})
+    settings.extra = {**per_trainer.get("extra", {}), **project.get("extra", {})}
     settings = replace(settings, **VARIANTS[variant])
     if ranks > 1:
         if settings.batch_size % ranks:
@@ -104,16 +106,19 @@ def case_settings(trainer: str, variant: str, steps: int, ranks: int = 1) -> Set
     return settings
 
 
-def build_matrix(target, trainers=(), fixtures=(), variants=(), steps=3, ranks=1):
+def build_matrix(target, trainers=(), fixtures=(), variants=(), steps=3, ranks=1, project=None, models=()):
     """The cases for one loaded target; empty filters mean everything the target offers.
 
+    ``project``: per-trainer settings (``case_settings``); ``models``: ``(name, folder)`` of
+    user model folders, cases beside the fixtures (instead of them when no fixture is named).
     Raises ``ValueError`` when a case's batch cannot be split over ``ranks``."""
     trainers = trainers or tuple(t for t in TRAINERS if t in target.trainers())
-    fixtures = fixtures or FIXTURES
+    sources = [(f, "") for f in (fixtures or (() if models else FIXTURES))] + [(n, str(p)) for n, p in models]
     variants = variants or DEFAULT_VARIANTS
+    project = project or {}
     return [
-        Case(target.name, t, f, v, case_settings(t, v, steps, ranks), target.spec)
+        Case(target.name, t, f, v, case_settings(t, v, steps, ranks, project.get(t)), target.spec, path)
         for t in trainers
-        for f in fixtures
+        for f, path in sources
         for v in variants
     ]

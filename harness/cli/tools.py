@@ -12,12 +12,12 @@ from ...fixtures import FIXTURES
 from ..env import environment
 from ..judge.golden import write_atomic
 from ..model import TRAINERS, VARIANTS
-from ..project import default_snapshots
+from ..project import ConfigError, load_config
 from ..run.launch import DEFAULT_TIMEOUT
 from ..tools import bench as bench_mod
 from ..tools import bisect as bisect_mod
 from ..tools import triage as triage_mod
-from .common import fail_usage, filter_options, main, select_cases
+from .common import fail_usage, filter_options, main, project_config, select_cases
 
 
 @main.command("bench")
@@ -27,8 +27,9 @@ from .common import fail_usage, filter_options, main, select_cases
 @click.option("--compare", "baseline_path", type=click.Path(exists=True, dir_okay=False),
               help="A baseline JSON from an earlier --json: fail on a real slowdown.")
 @click.option("--threshold", default=10.0, show_default=True, type=float, help="Slowdown (percent) that fails.")
-def bench_command(target, trainers, fixtures, variants, steps, warmup, json_path, baseline_path, threshold):
+def bench_command(target, trainers, fixtures, models, variants, steps, warmup, json_path, baseline_path, threshold):
     """Benchmark step time per case (and gate on slowdowns with --compare)."""
+    steps = steps or project_config().steps
     baseline = None
     if baseline_path:
         try:
@@ -36,7 +37,7 @@ def bench_command(target, trainers, fixtures, variants, steps, warmup, json_path
             baseline["cases"]
         except (ValueError, KeyError, TypeError) as err:
             fail_usage(f"--compare {baseline_path}: not a harness bench JSON ({err})")
-    selected = [select_cases(t, trainers, fixtures, variants, steps) for t in target]
+    selected = [select_cases(t, trainers, fixtures, variants, steps, models=models) for t in target or (None,)]
     names = [target_obj.name for target_obj, _ in selected]
     # Side by side: each trainer x fixture x variant runs on every target before the next.
     cases = [c for group in zip(*[_by_key(cs) for _, cs in selected]) for c in group if c is not None]
@@ -86,13 +87,13 @@ def side_by_side(results, names):
 
 
 @main.command("triage")
-@click.option("--target", default="reference", show_default=True, help="Target name or import spec.")
+@click.option("--target", help="Target name or import spec.  [default: the project's, else reference]")
 @click.option("--trainer", required=True, help="The failing case's trainer.")
 @click.option("--fixture", required=True, help="The failing case's fixture.")
 @click.option("--variant", default="fp32", show_default=True)
-@click.option("--steps", default=3, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--steps", type=click.IntRange(1, 1000), help="Steps.  [default: the project's, else 3]")
 @click.option("--snapshots", "snapshots_dir", type=click.Path(file_okay=False),
-              help="Golden snapshot folder.  [default: snapshots/ in the project root]")
+              help="Golden snapshot folder.  [default: the project's, else snapshots/ in the project root]")
 @click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True, type=float, help="Seconds per run.")
 def triage_command(target, trainer, fixture, variant, steps, snapshots_dir, timeout):
     """Re-run a failing case under a ladder of toggles and diagnose which one flips it."""
@@ -103,7 +104,7 @@ def triage_command(target, trainer, fixture, variant, steps, snapshots_dir, time
     def progress(rung):
         click.echo(f"  {rung['rung']:<12} {rung['status']:<5} {'FLIPS' if rung['flips'] else '':<6} {rung['detail']}")
 
-    snapshots = Path(snapshots_dir) if snapshots_dir else default_snapshots()
+    snapshots = Path(snapshots_dir) if snapshots_dir else project_config().snapshots
     with tempfile.TemporaryDirectory(prefix="mlxth-triage-") as tmp:
         original, rungs = triage_mod.triage(case, snapshots, Path(tmp), timeout, target_obj.golden_key,
                                             on_rung=progress)
@@ -118,18 +119,44 @@ def triage_command(target, trainer, fixture, variant, steps, snapshots_dir, time
 @click.option("--bad", required=True, help="A revision where they fail.")
 @filter_options
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the result here (JSON).")
-def bisect_command(repo, good, bad, target, trainers, fixtures, variants, steps, report_path):
-    """Find the first commit at which the selected cases go from passing to failing."""
-    run_args = ["--target", target, "--steps", str(steps)]
-    for flag, values in (("--trainer", trainers), ("--fixture", fixtures), ("--variant", variants)):
+def bisect_command(repo, good, bad, target, trainers, fixtures, models, variants, steps, report_path):
+    """Find the first commit at which the selected cases go from passing to failing.
+
+    What the command line leaves out, each step's run takes from the project's
+    configuration at that commit (a target file resolves inside the checkout);
+    the goldens are the good revision's, from the folder the project configures."""
+    run_args = [] if target is None else ["--target", target]
+    run_args += [] if steps is None else ["--steps", str(steps)]
+    models = [str(Path(m).resolve()) for m in models]
+    for flag, values in (("--trainer", trainers), ("--fixture", fixtures), ("--model", models),
+                         ("--variant", variants)):
         for value in values:
             run_args += [flag, value]
+    goldens = _goldens_in_repo(repo)
     click.echo(f"harness bisect {good}..{bad} in {repo}: harness run {' '.join(run_args)}")
     try:
-        result = bisect_mod.bisect(repo, good, bad, run_args)
+        result = bisect_mod.bisect(repo, good, bad, run_args, goldens=goldens)
     except RuntimeError as err:
         fail_usage(str(err))
     click.echo(bisect_mod.format_report(result))
     if report_path:
         write_atomic(Path(report_path), json.dumps(result, indent=1) + "\n")
     sys.exit(0 if result["first_bad"] else 1)
+
+
+def _goldens_in_repo(repo) -> str:
+    """The repository's golden folder (its configured ``snapshots``), relative to its root."""
+    try:
+        top = Path(bisect_mod.git(repo, "rev-parse", "--show-toplevel")).resolve()
+    except RuntimeError:
+        return "snapshots"  # not a repository: bisect itself says so
+    try:
+        config = load_config(top)
+    except ConfigError as err:
+        fail_usage(str(err))
+    if config.root != top:  # no pyproject.toml of its own: the default folder
+        return "snapshots"
+    try:
+        return config.snapshots.relative_to(top).as_posix()
+    except ValueError:
+        fail_usage(f"{config.file}: snapshots {config.snapshots} lies outside the repository {top}")

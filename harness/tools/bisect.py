@@ -72,25 +72,26 @@ def step(tree: Path, run_args, snapshots: Path, log: Path) -> int:
     return code
 
 
-def _export_goldens(repo, rev, dest: Path):
-    """The good revision's snapshots/ folder (empty when it has none)."""
+def _export_goldens(repo, rev, dest: Path, folder: str = "snapshots"):
+    """The good revision's golden folder (empty when it has none)."""
     dest.mkdir(parents=True, exist_ok=True)
-    if git(repo, "ls-tree", "-d", rev, "snapshots", check=False):
-        archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "snapshots"], capture_output=True)
+    if git(repo, "ls-tree", "-d", rev, folder, check=False):
+        archive = subprocess.run(["git", "-C", str(repo), "archive", rev, folder], capture_output=True)
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
-        return dest / "snapshots"
+        return dest / folder
     return dest
 
 
-def bisect(repo, good, bad, run_args, echo=print):
-    """Find the first bad commit; return a report dict (also printed through ``echo``)."""
+def bisect(repo, good, bad, run_args, echo=print, goldens="snapshots"):
+    """Find the first bad commit; return a report dict (also printed through ``echo``).
+    ``goldens``: the golden folder, relative to the repository's root."""
     repo = Path(repo).resolve()
     git(repo, "rev-parse", "--git-dir")
     good_sha, bad_sha = git(repo, "rev-parse", f"{good}^{{commit}}"), git(repo, "rev-parse", f"{bad}^{{commit}}")
     with tempfile.TemporaryDirectory(prefix="mlxth-bisect-") as tmp:
         tmp = Path(tmp)
         tree, log = tmp / "worktree", tmp / "steps.jsonl"
-        snapshots = _export_goldens(repo, good_sha, tmp / "goldens")
+        snapshots = _export_goldens(repo, good_sha, tmp / "goldens", goldens)
         git(repo, "worktree", "add", "--detach", str(tree), bad_sha)
         try:
             for rev, want, name in ((good_sha, 0, "good"), (bad_sha, 1, "bad")):
