@@ -47,18 +47,23 @@ class ProjectConfig:
     trainer_overrides: dict = field(default_factory=dict)
 
 
-def _table(path: Path):
+def read_pyproject(path: Path) -> dict:
     try:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            return tomllib.load(fh)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: invalid TOML: {err}") from None
+
+
+def harness_table(path: Path):
+    """The ``[tool.mlx-trainer-harness]`` table of a pyproject.toml, or None."""
+    data = read_pyproject(path)
     return data.get("tool", {}).get(TABLE) if isinstance(data.get("tool"), dict) else None
 
 
 def _has_table(path: Path) -> bool:
     try:
-        return _table(path) is not None
+        return harness_table(path) is not None
     except (ConfigError, OSError):
         return True  # a broken file that may hold the table: read it, so its error is reported
 
@@ -177,7 +182,7 @@ def load_config(start=None) -> ProjectConfig:
     """The configuration of the project around ``start`` (default: the working directory)."""
     root = project_root(start)
     file = root / "pyproject.toml"
-    table = _table(file) if file.is_file() else None
+    table = harness_table(file) if file.is_file() else None
     if table is None:
         return ProjectConfig(root=root, file=file if file.is_file() else None,
                              snapshots=root / "snapshots", reports=root / "reports")
