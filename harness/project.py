@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..fixtures import FIXTURES
 from .model import TRAINERS, VARIANTS, Settings
+from .user_model import ModelFolderError, check_model_folder
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -167,10 +168,10 @@ class _Reader:
     def models(self, table) -> tuple:
         out = []
         for entry in self.names(table, "models", None):
-            path = self.root / entry
-            if not path.is_dir():
-                self.fail("models", f"{entry} is not a folder (paths are relative to {self.root})")
-            out.append(path.resolve())
+            try:
+                out.append(check_model_folder(self.root / entry))
+            except ModelFolderError as err:
+                self.fail("models", f"{entry}: {err} (paths are relative to {self.root})")
         return tuple(out)
 
 

@@ -6,11 +6,9 @@ import secrets
 
 import click
 
-from ...fixtures import FIXTURES
-from ..model import TRAINERS, VARIANTS, build_matrix
 from ..project import ConfigError, load_config
+from ..selection import SelectionError, select
 from ..target import TargetError, load_target
-from ..user_model import ModelFolderError, check_model_folder
 from ..tools.versions import VersionError, library_version
 
 
@@ -36,12 +34,6 @@ def resolve_target(spec: str):
         return load_target(spec)
     except TargetError as err:
         fail_usage(str(err))
-
-
-def check_names(kind, given, known):
-    unknown = [g for g in given if g not in known]
-    if unknown:
-        fail_usage(f"unknown {kind} {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
 
 
 def filter_options(func=None, *, multi_target=False):
@@ -72,35 +64,10 @@ def filter_options(func=None, *, multi_target=False):
 def select_cases(target, trainers, fixtures, variants, steps, ranks=1, models=()):
     """The loaded target and its cases, every name checked; what the command line leaves
     out comes from the project's configuration."""
-    config = project_config()
-    if not models and not fixtures:  # else the command line chooses what the cases run on
-        models, fixtures = config.models, config.fixtures
-    target_obj = resolve_target(target or config.target)
-    trainers, variants = trainers or config.trainers, variants or config.variants
-    check_names("trainer", trainers, [t for t in TRAINERS if t in target_obj.trainers()])
-    check_names("fixture", fixtures, list(FIXTURES))
-    check_names("variant", variants, list(VARIANTS))
-    named_models = model_cases(models)
     try:
-        return target_obj, build_matrix(target_obj, trainers, fixtures, variants, steps or config.steps, ranks,
-                                        config.trainer_overrides, named_models)
-    except ValueError as err:
-        fail_usage(f"--ranks {ranks}: {err}")
-
-
-def model_cases(models) -> list:
-    """``(name, folder)`` of each model folder, checked; a bad one is a usage error."""
-    named = []
-    for path in models:
-        try:
-            folder = check_model_folder(path)
-        except ModelFolderError as err:
-            fail_usage(f"--model {path}: {err}")
-        name = folder.name
-        if name in FIXTURES or name in dict(named):
-            fail_usage(f"--model {path}: its name {name!r} is already a fixture or another model's; rename the folder")
-        named.append((name, folder))
-    return named
+        return select(project_config(), target, trainers, fixtures, variants, steps, ranks, models)
+    except (SelectionError, TargetError) as err:
+        fail_usage(str(err))
 
 
 def use_library_version(target_obj, version):
