@@ -8,7 +8,7 @@ import click
 
 from ..project import ConfigError, load_config
 from ..selection import SelectionError, select
-from ..target import TargetError, load_target
+from ..target import TargetError
 from ..tools.versions import VersionError, library_version
 
 
@@ -26,13 +26,6 @@ def project_config():
     try:
         return load_config()
     except ConfigError as err:
-        fail_usage(str(err))
-
-
-def resolve_target(spec: str):
-    try:
-        return load_target(spec)
-    except TargetError as err:
         fail_usage(str(err))
 
 

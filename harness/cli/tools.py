@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 from tabulate import tabulate
 
-from ...fixtures import FIXTURES
 from ..env import environment
 from ..judge.golden import write_atomic
 from ..model import TRAINERS, VARIANTS
@@ -40,7 +39,8 @@ def bench_command(target, trainers, fixtures, models, variants, steps, warmup, j
     selected = [select_cases(t, trainers, fixtures, variants, steps, models=models) for t in target or (None,)]
     names = [target_obj.name for target_obj, _ in selected]
     # Side by side: each trainer x fixture x variant runs on every target before the next.
-    cases = [c for group in zip(*[_by_key(cs) for _, cs in selected]) for c in group if c is not None]
+    sources = list(dict.fromkeys(c.fixture for _, cs in selected for c in cs))  # fixtures, then model folders
+    cases = [c for group in zip(*[_by_key(cs, sources) for _, cs in selected]) for c in group if c is not None]
     env = environment()
     click.echo(f"harness bench: {len(cases)} case(s), {warmup} warm-up + {steps} timed steps, "
                f"{env['backend']} ({env['device']})")
@@ -71,10 +71,10 @@ def bench_command(target, trainers, fixtures, models, variants, steps, warmup, j
     sys.exit(1 if any(v["status"] == "slower" for v in verdicts) else 0)
 
 
-def _by_key(cases):
+def _by_key(cases, sources):
     """Cases in matrix order, keyed so that targets line up (a target lacking a trainer gets None)."""
     index = {(c.trainer, c.fixture, c.variant): c for c in cases}
-    return [index.get((t, f, v)) for t in TRAINERS for f in FIXTURES for v in VARIANTS]
+    return [index.get((t, f, v)) for t in TRAINERS for f in sources for v in VARIANTS]
 
 
 def side_by_side(results, names):

@@ -40,7 +40,7 @@ def test_root_is_found_as_pytest_finds_its_rootdir(tmp_path):
 
 
 def test_the_table_is_every_commands_default_from_any_folder(tmp_path, monkeypatch):
-    root = _write(tmp_path / "lib", f"""\
+    root = _write(tmp_path / "lib", """\
         [tool.mlx-trainer-harness]
         target = "adapters/planted.py:SkipTrain"
         snapshots = "goldens"
