@@ -31,7 +31,7 @@ def environment() -> dict:
         "backend": backend_name(),
         "device": device or platform.processor() or platform.machine(),
     }
-    if env["backend"] == "cuda":
+    if env["backend"] != "cpu":  # fp32 matmuls as TF32 (CUDA, M5-class Metal) unless it is "0"
         env["MLX_ENABLE_TF32"] = os.environ.get("MLX_ENABLE_TF32", "1")
     return env
 

@@ -129,6 +129,7 @@ class Case:
     variant: str = "fp32"
     settings: Settings = field(default_factory=Settings, compare=False, hash=False)
     target_spec: str = ""  # how a worker process loads the target (name or import spec); default: target
+    model_path: str = ""  # a user's mlx-lm model folder, standing in for the fixture named ``fixture``
     # Worker-level toggles used by triage: force-train, force-eval, kernel-off, cpu.
     interventions: tuple = ()
     scenario: str = ""  # a name in SCENARIOS[trainer]; empty: the trainer's defaults
@@ -168,13 +169,15 @@ def with_setting(settings: Settings, name: str, value) -> Settings:
     return replace(settings, extra={**settings.extra, name: value})
 
 
-def case_settings(trainer: str, variant: str, steps: int, ranks: int = 1, scenario: str = "") -> Settings:
+def case_settings(trainer: str, variant: str, steps: int, ranks: int = 1, project: dict = None,
+                  scenario: str = "") -> Settings:
     """A case's settings; with ``ranks`` > 1 the case's batch is split over the ranks (the
-    same global step, so the single-process golden still applies)."""
+    same global step, so the single-process golden still applies).  ``project``: the
+    project's settings for this trainer (Settings fields, hyper-parameters under "extra")."""
     settings = Settings(steps=steps)
-    per_trainer = TRAINER_SETTINGS.get(trainer, {})
-    settings = replace(settings, **{k: v for k, v in per_trainer.items() if k != "extra"})
-    settings.extra = dict(per_trainer.get("extra", {}))
+    per_trainer, project = TRAINER_SETTINGS.get(trainer, {}), project or {}
+    settings = replace(settings, **{k: v for k, v in {**per_trainer, **project}.items() if k != "extra"})
+    settings.extra = {**per_trainer.get("extra", {}), **project.get("extra", {})}
     settings = replace(settings, **VARIANTS[variant])
     if scenario:
         spec = SCENARIOS[trainer][scenario]
@@ -195,26 +198,32 @@ def scenario_names() -> list:
     return [PLAIN] + sorted({name for per in SCENARIOS.values() for name in per})
 
 
-def build_matrix(target, trainers=(), fixtures=(), variants=(), steps=3, ranks=1, scenarios=()):
+def build_matrix(target, trainers=(), fixtures=(), variants=(), steps=3, ranks=1, project=None, models=(),
+                 scenarios=()):
     """The cases for one loaded target; empty filters mean everything the target offers.
 
-    Each trainer's plain cases (its defaults, every fixture and variant) come first, then its
-    scenarios in fp32 on their own fixture; ``scenarios`` picks by name (``PLAIN`` for the plain
-    cases).  Raises ``ValueError`` when a case's batch cannot be split over ``ranks``."""
+    Each trainer's plain cases (its defaults, every fixture or model folder and variant) come
+    first, then its scenarios in fp32 on their own fixture; ``scenarios`` picks by name (``PLAIN``
+    for the plain cases).  ``project``: per-trainer settings (``case_settings``); ``models``:
+    ``(name, folder)`` of user model folders, cases beside the fixtures (instead of them when no
+    fixture is named).  Raises ``ValueError`` when a case's batch cannot be split over ``ranks``."""
     trainers = trainers or tuple(t for t in TRAINERS if t in target.trainers())
+    sources = [(f, "") for f in (fixtures or (() if models else FIXTURES))] + [(n, str(p)) for n, p in models]
     variants = variants or DEFAULT_VARIANTS
+    project = project or {}
     cases = []
     for t in trainers:
         if not scenarios or PLAIN in scenarios:
-            cases += [Case(target.name, t, f, v, case_settings(t, v, steps, ranks), target.spec)
-                      for f in (fixtures or FIXTURES) for v in variants]
-        if "fp32" not in variants:
+            cases += [Case(target.name, t, f, v, case_settings(t, v, steps, ranks, project.get(t)), target.spec, path)
+                      for f, path in sources for v in variants]
+        if "fp32" not in variants or (models and not fixtures):
             continue
         for name, spec in SCENARIOS[t].items():
             if (fixtures and spec.fixture not in fixtures) or (scenarios and name not in scenarios):
                 continue
             if ranks > 1 and spec.companion:
                 continue  # a split of a split: the plain cases carry the data-parallel check
-            cases.append(Case(target.name, t, spec.fixture, "fp32", case_settings(t, "fp32", steps, ranks, name),
-                              target.spec, scenario=name))
+            cases.append(Case(target.name, t, spec.fixture, "fp32",
+                              case_settings(t, "fp32", steps, ranks, project.get(t), name), target.spec,
+                              scenario=name))
     return cases

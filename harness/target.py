@@ -9,7 +9,9 @@ feature below its default, so no caller probes for attributes.
 
 import importlib
 import importlib.util
-from importlib.metadata import entry_points
+import re
+import sys
+from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
 from typing import Optional, Protocol, Sequence
 
@@ -135,12 +137,39 @@ def registered_targets() -> dict:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
+def missing_extra(entry) -> Optional[str]:
+    """For a target registered by a distribution with an extra of the target's name (``pip install
+    'dist[name]'``): the install hint when a requirement of that extra is not installed."""
+    dist = getattr(entry, "dist", None)
+    if dist is None or entry.name not in (dist.metadata.get_all("Provides-Extra") or []):
+        return None
+    missing = []
+    for requirement in dist.requires or []:
+        name, _, marker = requirement.partition(";")
+        if not re.search(r"""extra\s*==\s*["']%s["']""" % re.escape(entry.name), marker):
+            continue
+        name = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", name.strip()).group()
+        try:
+            version(name)
+        except PackageNotFoundError:
+            missing.append(name)
+    if not missing:
+        return None
+    return (f"target {entry.name!r} needs {', '.join(missing)} (not installed): "
+            f"pip install '{dist.metadata['Name']}[{entry.name}]'")
+
+
 def _load_spec(spec: str):
     where, _, attr = spec.rpartition(":")
     if where.endswith(".py"):
         path = Path(where)
         if not path.is_file():
             raise TargetError(f"target file {where} does not exist")
+        # The file's folder is importable, as pytest makes a test's rootdir importable, so an
+        # adapter at a library's root imports the checkout's package, not an installed copy.
+        folder = str(path.resolve().parent)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
         module_spec = importlib.util.spec_from_file_location(f"_mlxth_target_{path.stem}", path)
         module = importlib.util.module_from_spec(module_spec)
         module_spec.loader.exec_module(module)
@@ -164,7 +193,13 @@ def load_target(spec: str) -> LoadedTarget:
     """Resolve a target by entry-point name or import spec."""
     registered = registered_targets()
     if spec in registered:
-        obj = registered[spec].load()
+        hint = missing_extra(registered[spec])
+        if hint:
+            raise TargetError(hint)
+        try:
+            obj = registered[spec].load()
+        except Exception as err:  # noqa: BLE001 - whatever breaks the import, the target is unusable
+            raise TargetError(f"target {spec!r} cannot be imported: {type(err).__name__}: {err}") from err
     elif ":" in spec:
         try:
             obj = _load_spec(spec)

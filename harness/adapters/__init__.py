@@ -12,7 +12,10 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from greenlet import greenlet
+try:
+    from greenlet import greenlet
+except ImportError:  # only the library adapters step with it, and their extras install it; the
+    greenlet = None  # reference target (this package too) must load without it
 
 from ...trainers import SPECS
 

@@ -11,10 +11,10 @@ from tabulate import tabulate
 from ...fixtures import FIXTURES
 from ..judge.equivalence import CLASSES
 from ..judge.golden import EQUIVALENCE
-from ..model import DEFAULT_VARIANTS, TRAINERS, VARIANTS
+from ..model import DEFAULT_VARIANTS, SCENARIOS, TRAINERS, VARIANTS
 from ..target import load_target, registered_targets
 from .common import main
-from . import conformance, mutate, run, sweep, tools  # noqa: F401 - each registers its commands on ``main``
+from . import conformance, init, mutate, run, sweep, tools  # noqa: F401 - each registers its commands on ``main``
 
 __all__ = ["main"]
 
@@ -34,6 +34,10 @@ def list_command():
     click.echo("trainers: " + ", ".join(TRAINERS))
     click.echo("fixtures: " + ", ".join(FIXTURES))
     click.echo("variants: " + ", ".join(f"{k}{' (default)' if k in DEFAULT_VARIANTS else ''}" for k in VARIANTS))
+    click.echo()
+    click.echo("scenarios (fp32, in the default run; --scenario plain for the trainers' defaults alone):")
+    for trainer, scenarios in SCENARIOS.items():
+        click.echo(f"  {trainer}: " + ", ".join(f"{name} ({spec.fixture})" for name, spec in scenarios.items()))
     click.echo()
     click.echo("equivalence classes (the first member is the golden):")
     for cls in CLASSES.values():

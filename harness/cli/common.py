@@ -1,12 +1,14 @@
-"""What every ``harness`` subcommand shares: the group, the case filters, target resolution."""
+"""What every ``harness`` subcommand shares: the group, the case filters, target resolution, and the
+project's ``[tool.mlx-trainer-harness]`` table as the default of every filter."""
 
 import datetime
 import secrets
 
 import click
 
-from ...fixtures import FIXTURES
-from ..model import TRAINERS, VARIANTS, build_matrix, scenario_names
+from ..project import ConfigError, load_config
+from ..selection import SelectionError, select
+from ..selection import check_names as _check_names
 from ..target import TargetError, load_target
 from ..tools.versions import VersionError, library_version
 
@@ -20,50 +22,64 @@ def fail_usage(message: str):
     raise click.UsageError(message)
 
 
-def resolve_target(spec: str):
+def resolve_target(spec):
+    """The loaded target (``None``: the project's); an unknown one is a usage error."""
     try:
-        return load_target(spec)
+        return load_target(spec or project_config().target)
     except TargetError as err:
         fail_usage(str(err))
 
 
 def check_names(kind, given, known):
-    unknown = [g for g in given if g not in known]
-    if unknown:
-        fail_usage(f"unknown {kind} {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
+    try:
+        _check_names(kind, given, known)
+    except SelectionError as err:
+        fail_usage(str(err))
+
+
+def project_config():
+    """The project's configuration (around the working directory); a bad table is a usage error."""
+    try:
+        return load_config()
+    except ConfigError as err:
+        fail_usage(str(err))
 
 
 def filter_options(func=None, *, multi_target=False):
     if func is None:
         return lambda f: filter_options(f, multi_target=multi_target)
     options = [
-        click.option("--target", default=("reference",) if multi_target else "reference", show_default=True,
-                     multiple=multi_target,
+        click.option("--target", multiple=multi_target,
                      help="Target name (entry point) or import spec module:object / file.py:object"
-                          + (" (repeat to compare targets side by side)." if multi_target else ".")),
-        click.option("--trainer", "trainers", multiple=True, help="Trainer(s) to run; default all."),
-        click.option("--fixture", "fixtures", multiple=True, help="Fixture(s) to run; default all."),
-        click.option("--variant", "variants", multiple=True, help="Variant(s); default fp32."),
+                          + (" (repeat to compare targets side by side)" if multi_target else "")
+                          + ".  [default: the project's target, else reference]"),
+        click.option("--trainer", "trainers", multiple=True, help="Trainer(s) to run.  [default: the project's, "
+                                                                  "else all]"),
+        click.option("--fixture", "fixtures", multiple=True, help="Fixture(s) to run.  [default: the project's, "
+                                                                  "else all]"),
+        click.option("--model", "models", multiple=True, type=click.Path(),
+                     help="An mlx-lm model folder (config, weights, tokenizer) to run as a case beside the "
+                          "fixtures (instead of them when no --fixture is given)."),
+        click.option("--variant", "variants", multiple=True, help="Variant(s).  [default: the project's, "
+                                                                  "else fp32]"),
         click.option("--scenario", "scenarios", multiple=True,
-                     help="Scenario(s) by name, 'plain' for the trainers' defaults; default all (see harness list)."),
-        click.option("--steps", default=3, show_default=True, type=click.IntRange(1, 1000)),
+                     help="Scenario(s) by name, 'plain' for the trainers' defaults.  [default: all; harness list "
+                          "names them]"),
+        click.option("--steps", type=click.IntRange(1, 1000), help="Steps per case.  [default: the project's, "
+                                                                   "else 3]"),
     ]
     for option in reversed(options):
         func = option(func)
     return func
 
 
-def select_cases(target, trainers, fixtures, variants, steps, ranks=1, scenarios=()):
-    """The loaded target and its cases, every name checked."""
-    target_obj = resolve_target(target)
-    check_names("trainer", trainers, [t for t in TRAINERS if t in target_obj.trainers()])
-    check_names("fixture", fixtures, list(FIXTURES))
-    check_names("variant", variants, list(VARIANTS))
-    check_names("scenario", scenarios, scenario_names())
+def select_cases(target, trainers, fixtures, variants, steps, ranks=1, models=(), scenarios=()):
+    """The loaded target and its cases, every name checked; what the command line leaves
+    out comes from the project's configuration."""
     try:
-        return target_obj, build_matrix(target_obj, trainers, fixtures, variants, steps, ranks, scenarios)
-    except ValueError as err:
-        fail_usage(f"--ranks {ranks}: {err}")
+        return select(project_config(), target, trainers, fixtures, variants, steps, ranks, models, scenarios)
+    except (SelectionError, TargetError) as err:
+        fail_usage(str(err))
 
 
 def use_library_version(target_obj, version):

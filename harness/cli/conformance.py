@@ -16,9 +16,9 @@ from ..env import environment
 from ..judge.equivalence import CLASSES, run_class, summarize
 from ..judge.golden import write_atomic
 from ..model import TRAINERS
-from ..project import default_snapshots, expected_findings
+from ..project import expected_findings
 from ..run.launch import DEFAULT_TIMEOUT
-from .common import main, new_run_id, select_cases, use_library_version
+from .common import main, new_run_id, project_config, select_cases, use_library_version
 
 # Set in the process that probes a released version, started afresh so that the release is imported.
 _RELEASE_CHILD_ENV = "MLXTH_CONFORMANCE_RELEASE"
@@ -28,9 +28,11 @@ _RELEASE_CHILD_ENV = "MLXTH_CONFORMANCE_RELEASE"
 @click.option("--target", required=True, help="Target name (entry point) or import spec.")
 @click.option("--trainer", "trainers", multiple=True, help="Trainer(s); default all the target offers.")
 @click.option("--fixture", "fixtures", multiple=True, help="Fixture(s); default all.")
-@click.option("--reports", "reports_dir", default="reports", show_default=True, type=click.Path(file_okay=False))
+@click.option("--reports", "reports_dir", type=click.Path(file_okay=False),
+              help="Report folder.  [default: the project's, else reports/ in the project root]")
 @click.option("--snapshots", "snapshots_dir", type=click.Path(file_okay=False),
-              help="Folder of expected_findings.json.  [default: snapshots/ in the project root]")
+              help="Folder of expected_findings.json.  [default: the project's golden folder, else snapshots/ "
+                   "in the project root]")
 @click.option("--target-version", help="Probe this released version of the target's library.")
 def conformance_command(target, trainers, fixtures, reports_dir, snapshots_dir, target_version):
     """Probe a target library for deviations from the standard definitions.
@@ -40,7 +42,9 @@ def conformance_command(target, trainers, fixtures, reports_dir, snapshots_dir, 
     beside the goldens are reported as expected and do not fail.
     """
     target_obj, _ = select_cases(target, trainers, fixtures, (), 1)
-    snapshots = Path(snapshots_dir) if snapshots_dir else default_snapshots()
+    config = project_config()
+    snapshots = Path(snapshots_dir) if snapshots_dir else config.snapshots
+    reports_dir = reports_dir or config.reports
     if target_version and not os.environ.get(_RELEASE_CHILD_ENV):
         # The release must be imported before anything of the library is: probe in a fresh process.
         use_library_version(target_obj, target_version)

@@ -7,9 +7,8 @@ from pathlib import Path
 import click
 
 from ..judge.golden import write_atomic
-from ..project import default_snapshots
 from ..tools import mutate as mutate_mod
-from .common import fail_usage, main, new_run_id, select_cases
+from .common import fail_usage, main, new_run_id, project_config, select_cases
 from .run import run_command
 
 
@@ -58,7 +57,7 @@ def mutate_command(mutant_ids, reruns, jobs, timeout, catalogue_path, snapshots_
     if mutant_ids:
         mutants = [m for m in mutants if m.id in mutant_ids]
     _check_run_args(run_args)
-    snapshots = Path(snapshots_dir) if snapshots_dir else default_snapshots()
+    snapshots = Path(snapshots_dir) if snapshots_dir else project_config().snapshots
     run_id = new_run_id()
     click.echo(f"harness mutate {run_id}: {len(mutants)} mutant(s), {reruns} unmodified rerun(s), {jobs} job(s); "
                f"harness run {' '.join(run_args) or '(default matrix)'}")

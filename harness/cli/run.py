@@ -9,17 +9,18 @@ import click
 
 from ..env import environment
 from ..judge import golden
-from ..project import default_snapshots
 from ..run.launch import DEFAULT_TIMEOUT, run_cases
 from ..tools import report
-from .common import fail_usage, filter_options, main, new_run_id, select_cases, use_library_version
+from .common import (fail_usage, filter_options, main, new_run_id, project_config, select_cases,
+                     use_library_version)
 
 
 @main.command("run")
 @filter_options
-@click.option("--reports", "reports_dir", default="reports", show_default=True, type=click.Path(file_okay=False))
+@click.option("--reports", "reports_dir", type=click.Path(file_okay=False),
+              help="Report folder.  [default: the project's, else reports/ in the project root]")
 @click.option("--snapshots", "snapshots_dir", type=click.Path(file_okay=False),
-              help="Golden snapshot folder.  [default: snapshots/ in the project root]")
+              help="Golden snapshot folder.  [default: the project's, else snapshots/ in the project root]")
 @click.option("--update-snapshots", is_flag=True, help="Record goldens of passing cases (never otherwise).")
 @click.option("--strict", is_flag=True, help="A case without a golden is a configuration error (exit 2).")
 @click.option("--jobs", default=min(2, os.cpu_count() or 1), show_default=True, type=click.IntRange(1, 64))
@@ -30,16 +31,18 @@ from .common import fail_usage, filter_options, main, new_run_id, select_cases, 
                    "processes: jobs // ranks cases run at once.")
 @click.option("--target-version", help="Run against this released version of the target's library "
                                        "(installed from PyPI into a throw-away folder).")
-def run_command(target, trainers, fixtures, variants, scenarios, steps, reports_dir, snapshots_dir, update_snapshots,
+def run_command(target, trainers, fixtures, models, variants, scenarios, steps, reports_dir, snapshots_dir, update_snapshots,
                 strict, jobs, timeout, ranks, target_version):
     """Run the case matrix, check every case, and write reports."""
     if ranks > 1 and update_snapshots:
         fail_usage("--update-snapshots records single-process goldens; run it without --ranks")
-    target_obj, cases = select_cases(target, trainers, fixtures, variants, steps, ranks, scenarios)
+    target_obj, cases = select_cases(target, trainers, fixtures, variants, steps, ranks, models, scenarios)
     if target_version:
         use_library_version(target_obj, target_version)
     jobs = max(1, jobs // ranks)
-    snapshots_dir = Path(snapshots_dir) if snapshots_dir else default_snapshots()
+    config = project_config()
+    snapshots_dir = Path(snapshots_dir) if snapshots_dir else config.snapshots
+    reports_dir = Path(reports_dir) if reports_dir else config.reports
     env = environment()
     key = target_obj.golden_key
     if strict and not update_snapshots:

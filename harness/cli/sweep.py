@@ -7,11 +7,10 @@ import click
 
 from ...fixtures import FIXTURES
 from ..model import DEFAULT_VARIANTS, TRAINERS, VARIANTS
-from ..project import default_snapshots
 from ..run.launch import DEFAULT_TIMEOUT
 from ..tools import sweep as sweep_mod
 from ..tools.versions import VersionError, releases
-from .common import check_names, fail_usage, main, new_run_id, resolve_target
+from .common import check_names, fail_usage, main, new_run_id, project_config, resolve_target
 
 
 def release_source_options(func):
@@ -72,7 +71,7 @@ def sweep_command(target, first, last, trainers, fixtures, variants, steps, find
     found = list_releases(target_obj, first, last, find_links, no_index)
     selection = [(t, f, v) for t in trainers or TRAINERS for f in fixtures or FIXTURES
                  for v in variants or DEFAULT_VARIANTS]
-    snapshots = Path(snapshots_dir) if snapshots_dir else default_snapshots()
+    snapshots = Path(snapshots_dir) if snapshots_dir else project_config().snapshots
     run_id = new_run_id()
     click.echo(f"harness sweep {run_id}: {target_obj.name}, {len(found)} release(s) {found[0]} to {found[-1]}, "
                f"{len(selection)} case(s) each")

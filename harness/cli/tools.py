@@ -13,14 +13,14 @@ from ..env import environment
 from ..judge.golden import write_atomic
 from ..judge.checks import EXPLANATIONS
 from ..model import DEFAULT_VARIANTS, TRAINERS, VARIANTS
-from ..project import default_snapshots
+from ..project import ConfigError, load_config
 from ..run.launch import DEFAULT_TIMEOUT
 from ..tools import bench as bench_mod
 from ..tools import bisect as bisect_mod
 from ..tools import release_bisect
 from ..tools import triage as triage_mod
 from ..tools.versions import VersionError, library_version
-from .common import check_names, fail_usage, filter_options, main, resolve_target, select_cases
+from .common import check_names, fail_usage, filter_options, main, project_config, resolve_target, select_cases
 from .sweep import release_source_options
 
 
@@ -31,8 +31,10 @@ from .sweep import release_source_options
 @click.option("--compare", "baseline_path", type=click.Path(exists=True, dir_okay=False),
               help="A baseline JSON from an earlier --json: fail on a real slowdown.")
 @click.option("--threshold", default=10.0, show_default=True, type=float, help="Slowdown (percent) that fails.")
-def bench_command(target, trainers, fixtures, variants, scenarios, steps, warmup, json_path, baseline_path, threshold):
+def bench_command(target, trainers, fixtures, models, variants, scenarios, steps, warmup, json_path, baseline_path,
+                  threshold):
     """Benchmark step time per case (and gate on slowdowns with --compare)."""
+    steps = steps or project_config().steps
     baseline = None
     if baseline_path:
         try:
@@ -40,10 +42,12 @@ def bench_command(target, trainers, fixtures, variants, scenarios, steps, warmup
             baseline["cases"]
         except (ValueError, KeyError, TypeError) as err:
             fail_usage(f"--compare {baseline_path}: not a harness bench JSON ({err})")
-    selected = [select_cases(t, trainers, fixtures, variants, steps, scenarios=scenarios or ("plain",)) for t in target]
+    selected = [select_cases(t, trainers, fixtures, variants, steps, models=models, scenarios=scenarios or ("plain",))
+                for t in target or (None,)]
     names = [target_obj.name for target_obj, _ in selected]
     # Side by side: each trainer x fixture x variant runs on every target before the next.
-    cases = [c for group in zip(*[_by_key(cs) for _, cs in selected]) for c in group if c is not None]
+    sources = list(dict.fromkeys(c.fixture for _, cs in selected for c in cs))  # fixtures, then model folders
+    cases = [c for group in zip(*[_by_key(cs, sources) for _, cs in selected]) for c in group if c is not None]
     env = environment()
     click.echo(f"harness bench: {len(cases)} case(s), {warmup} warm-up + {steps} timed steps, "
                f"{env['backend']} ({env['device']})")
@@ -74,10 +78,10 @@ def bench_command(target, trainers, fixtures, variants, scenarios, steps, warmup
     sys.exit(1 if any(v["status"] == "slower" for v in verdicts) else 0)
 
 
-def _by_key(cases):
+def _by_key(cases, sources):
     """Cases in matrix order, keyed so that targets line up (a target lacking a trainer gets None)."""
     index = {(c.trainer, c.fixture, c.variant): c for c in cases}
-    return [index.get((t, f, v)) for t in TRAINERS for f in FIXTURES for v in VARIANTS]
+    return [index.get((t, f, v)) for t in TRAINERS for f in sources for v in VARIANTS]
 
 
 def side_by_side(results, names):
@@ -90,14 +94,14 @@ def side_by_side(results, names):
 
 
 @main.command("triage")
-@click.option("--target", default="reference", show_default=True, help="Target name or import spec.")
+@click.option("--target", help="Target name or import spec.  [default: the project's, else reference]")
 @click.option("--trainer", required=True, help="The failing case's trainer.")
 @click.option("--fixture", required=True, help="The failing case's fixture.")
 @click.option("--variant", default="fp32", show_default=True)
 @click.option("--scenario", default="plain", show_default=True, help="The failing case's scenario.")
-@click.option("--steps", default=3, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--steps", type=click.IntRange(1, 1000), help="Steps.  [default: the project's, else 3]")
 @click.option("--snapshots", "snapshots_dir", type=click.Path(file_okay=False),
-              help="Golden snapshot folder.  [default: snapshots/ in the project root]")
+              help="Golden snapshot folder.  [default: the project's, else snapshots/ in the project root]")
 @click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True, type=float, help="Seconds per run.")
 @click.option("--target-version", help="Triage this released version of the target's library (installed aside).")
 @release_source_options
@@ -123,7 +127,7 @@ def triage_command(target, trainer, fixture, variant, scenario, steps, snapshots
         mark = "FLIPS" if rung["flips"] else "CLEARS" if rung.get("clears") else ""
         click.echo(f"  {rung['rung']:<12} {rung['status']:<5} {mark:<6} {rung['detail']}")
 
-    snapshots = Path(snapshots_dir) if snapshots_dir else default_snapshots()
+    snapshots = Path(snapshots_dir) if snapshots_dir else project_config().snapshots
     with tempfile.TemporaryDirectory(prefix="mlxth-triage-") as tmp:
         original, rungs = triage_mod.triage(case, snapshots, Path(tmp), timeout, target_obj.golden_key,
                                             on_rung=progress)
@@ -149,9 +153,8 @@ def triage_command(target, trainer, fixture, variant, scenario, steps, snapshots
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the result here (JSON).")
 @click.option("--snapshots", "snapshots_dir", type=click.Path(file_okay=False),
               help="With --releases: the golden folder.  [default: snapshots/ in the project root]")
-def bisect_command(repo, over_releases, good, bad, old, new, kinds, target, trainers, fixtures, variants,
-                   scenarios, steps,
-                   find_links, no_index, report_path, snapshots_dir):
+def bisect_command(repo, over_releases, good, bad, old, new, kinds, target, trainers, fixtures, models, variants,
+                   scenarios, steps, find_links, no_index, report_path, snapshots_dir):
     """Find the commit (or release) at which the selected cases flipped.
 
     --good/--bad look for a regression (the first bad commit); --from/--to test
@@ -175,14 +178,18 @@ def bisect_command(repo, over_releases, good, bad, old, new, kinds, target, trai
     else:
         if not repo:
             fail_usage("--repo is required (or --releases, to bisect the target's published releases)")
-        run_args = ["--target", target, "--steps", str(steps)]
-        for flag, values in (("--trainer", trainers), ("--fixture", fixtures), ("--variant", variants),
-                             ("--scenario", scenarios)):
+        # What the command line leaves out, each step's run takes from the project's configuration at
+        # that commit (a target file resolves inside the checkout); goldens come from the folder it configures.
+        run_args = [] if target is None else ["--target", target]
+        run_args += [] if steps is None else ["--steps", str(steps)]
+        models = [str(Path(m).resolve()) for m in models]
+        for flag, values in (("--trainer", trainers), ("--fixture", fixtures), ("--model", models),
+                             ("--variant", variants), ("--scenario", scenarios)):
             for value in values:
                 run_args += [flag, value]
         click.echo(f"harness bisect {first}..{last} in {repo}: harness run {' '.join(run_args)}")
         try:
-            result = bisect_mod.bisect(repo, first, last, run_args, kinds, direction)
+            result = bisect_mod.bisect(repo, first, last, run_args, kinds, direction, _goldens_in_repo(repo))
         except RuntimeError as err:
             fail_usage(str(err))
     click.echo(bisect_mod.format_report(result))
@@ -205,7 +212,7 @@ def _bisect_releases(target, first, last, direction, kinds, trainers, fixtures, 
         fail_usage("--no-index needs --find-links: there would be nowhere to install releases from")
     selection = [(t, f, v) for t in trainers or target_obj.trainers() for f in fixtures or FIXTURES
                  for v in variants or DEFAULT_VARIANTS]
-    snapshots = Path(snapshots_dir) if snapshots_dir else default_snapshots()
+    snapshots = Path(snapshots_dir) if snapshots_dir else project_config().snapshots
     click.echo(f"harness bisect {target_obj.name} releases {first}..{last}: {len(selection)} case(s)")
 
     def on_step(entry):
@@ -213,7 +220,26 @@ def _bisect_releases(target, first, last, direction, kinds, trainers, fixtures, 
 
     try:
         return release_bisect.bisect_releases(
-            target_obj, first, last, selection, kinds, direction, steps=steps, snapshots=snapshots, jobs=2,
+            target_obj, first, last, selection, kinds, direction, steps=steps or project_config().steps,
+            snapshots=snapshots, jobs=2,
             timeout=DEFAULT_TIMEOUT, find_links=find_links, index=not no_index, on_step=on_step)
     except VersionError as err:
         fail_usage(str(err))
+
+
+def _goldens_in_repo(repo) -> str:
+    """The repository's golden folder (its configured ``snapshots``), relative to its root."""
+    try:
+        top = Path(bisect_mod.git(repo, "rev-parse", "--show-toplevel")).resolve()
+    except RuntimeError:
+        return "snapshots"  # not a repository: bisect itself says so
+    try:
+        config = load_config(top)
+    except ConfigError as err:
+        fail_usage(str(err))
+    if config.root != top:  # no pyproject.toml of its own: the default folder
+        return "snapshots"
+    try:
+        return config.snapshots.relative_to(top).as_posix()
+    except ValueError:
+        fail_usage(f"{config.file}: snapshots {config.snapshots} lies outside the repository {top}")

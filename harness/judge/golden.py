@@ -35,6 +35,9 @@ def tolerance(golden_env: dict, env: dict, dtype: str, approximate: bool = False
     (a triage rung, an equivalence-class member), so never demand bit equality."""
     if dtype != "float32":
         return 2e-2, 1e-3, f"{dtype}: approximate"
+    if env["backend"] != "cpu" and tf32(golden_env) != tf32(env):
+        return 2e-2, 1e-3, (f"fp32 on {env['backend']}, TF32 {'on' if tf32(env) else 'off'} but the golden's "
+                            f"{'on' if tf32(golden_env) else 'off'}: TF32 rounds matmul inputs to 10 mantissa bits")
     if env["backend"] != "cpu":
         return 1e-3, 1e-5, f"fp32 on {env['backend']}: GPU reductions are not bitwise reproducible"
     drift = version_drift(golden_env, env)
@@ -43,6 +46,12 @@ def tolerance(golden_env: dict, env: dict, dtype: str, approximate: bool = False
     if approximate:
         return 1e-5, 1e-7, "fp32 on cpu, another configuration of the same case"
     return 0.0, 0.0, "exact: fp32 on cpu, same library versions"
+
+
+def tf32(env: dict) -> bool:
+    """Whether fp32 matmuls may run as TF32: on a GPU (CUDA, M5-class Metal), MLX's default
+    unless ``MLX_ENABLE_TF32=0``."""
+    return env.get("backend", "cpu") != "cpu" and str(env.get("MLX_ENABLE_TF32", "1")).strip() != "0"
 
 
 def check_tolerances(env: dict, dtype: str) -> dict:
@@ -156,16 +165,29 @@ def first_divergence(golden_steps, steps, rtol, atol, keys=None):
     return None
 
 
+def held_steps(golden_steps, result: dict):
+    """The golden steps a result is held to, and what is left unchecked: a run of more (or
+    fewer) steps than its golden is compared over the steps both have."""
+    asked = result["case"]["settings"].get("steps", len(golden_steps))
+    n = min(asked, len(golden_steps))
+    if asked > n:
+        return golden_steps, f"; {asked - n} step(s) not checked: beyond the golden's {n}"
+    if len(golden_steps) > n:
+        return golden_steps[:n], f"; the golden's last {len(golden_steps) - n} step(s) not checked"
+    return golden_steps, ""
+
+
 def compare(golden: dict, result: dict, approximate: bool = False):
     """The golden check for a finished case result."""
     env, dtype = result["environment"], result["case"]["settings"]["dtype"]
     rtol, atol, reason = tolerance(golden["environment"], env, dtype, approximate)
-    diff = first_divergence(golden["steps"], result["steps"], rtol, atol)
+    want, unchecked = held_steps(golden["steps"], result)
+    diff = first_divergence(want, result["steps"][:len(want)], rtol, atol)
     drift = version_drift(golden["environment"], env)
     note = f" [golden taken with {'; '.join(drift)}]" if drift else ""
     if diff is None:
         return {"name": "golden", "status": "pass", "kind": None,
-                "detail": f"{len(golden['steps'])} steps match ({reason}){note}"}
+                "detail": f"{len(want)} steps match ({reason}){unchecked}{note}"}
     step, key, expected, actual = diff
     return {"name": "golden", "status": "fail", "kind": "golden-drift",
             "detail": f"step {step}: {key} expected {expected!r}, got {actual!r} "
@@ -189,14 +211,14 @@ def data_parallel_check(golden_trace: dict, result: dict) -> dict:
         return checks.skipped("golden", f"no single-process golden applies to {label}: {why} (the equivalence "
                                         "class checks this trainer's data parallelism)")
     tol = equivalence_tolerance(trainer)
-    drift = first_divergence(golden_trace["steps"], result["steps"], tol.rtol, tol.atol,
-                             compared_keys(golden_trace["steps"]))
+    want, unchecked = held_steps(golden_trace["steps"], result)
+    drift = first_divergence(want, result["steps"][:len(want)], tol.rtol, tol.atol, compared_keys(want))
     golden_label = f"batch {theirs['batch_size']}" + (f" x accumulation {theirs['grad_accumulation_steps']}"
                                                       if theirs.get("grad_accumulation_steps", 1) > 1 else "")
     if drift is None:
         return {"name": "golden", "status": "pass", "kind": None,
-                "detail": f"{len(golden_trace['steps'])} steps of {label} match the golden {golden_label!r} "
-                          f"(equivalence tolerance rtol {tol.rtol:g}, atol {tol.atol:g})"}
+                "detail": f"{len(want)} steps of {label} match the golden {golden_label!r} "
+                          f"(equivalence tolerance rtol {tol.rtol:g}, atol {tol.atol:g}){unchecked}"}
     step, key, expected, actual = drift
     return {"name": "golden", "status": "fail", "kind": "equivalence-drift",
             "detail": f"step {step}: {key}: {label!r} {actual!r} vs golden {golden_label!r} {expected!r} "

@@ -30,7 +30,6 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from ...fixtures import load_fixture
 from ...fixtures.datasets import load_dataset
 from ..adapters.reference import trainer_config
 from ..env import deterministic, environment
@@ -38,6 +37,7 @@ from ..judge import checks, companions
 from ..judge.golden import check_tolerances
 from ..model import Case, with_setting
 from ..target import load_target
+from ..user_model import load_case_model
 from .modes import ForcedMode, ModeProbe
 from .oracle import StepOracle, load_reference
 
@@ -51,7 +51,7 @@ def _snapshot(module):
 
 def _fixture_model(case: Case, model_config=None):
     """The case's fixture, loaded as a user loads it, in the case's dtype."""
-    model, tokenizer = load_fixture(case.fixture, model_config)
+    model, tokenizer = load_case_model(case, model_config)
     if case.settings.dtype != "float32":
         model.set_dtype(getattr(mx, case.settings.dtype))
     return model, tokenizer

@@ -13,11 +13,11 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ...fixtures import load_fixture
 from ...fixtures.datasets import load_dataset
 from ..env import environment
 from ..model import completion_fields
 from ..target import load_target
+from ..user_model import load_case_model
 
 NEEDS_REFERENCE_FORWARD = {"dpo": 1, "kto": 3, "grpo": 0, "orpo": 0, "simpo": 0}
 
@@ -74,7 +74,7 @@ def bench_case(case, warmup: int, steps: int) -> dict:
     target = load_target(case.target_spec or case.target)
     settings = case.settings
     settings.steps = warmup + steps
-    model, tok = load_fixture(case.fixture)
+    model, tok = load_case_model(case)
     if settings.dtype != "float32":
         model.set_dtype(getattr(mx, settings.dtype))
     rows = load_dataset(case.dataset, tokenizer=tok, max_length=settings.max_length)

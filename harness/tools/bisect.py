@@ -96,13 +96,13 @@ def step(tree: Path, run_args, snapshots: Path, log: Path, kinds=(), direction=R
     return int(bad) if direction == REGRESSION else int(not bad)
 
 
-def _export_goldens(repo, rev, dest: Path):
-    """The revision's snapshots/ folder (empty when it has none)."""
+def _export_goldens(repo, rev, dest: Path, folder: str = "snapshots"):
+    """The revision's golden folder (empty when it has none)."""
     dest.mkdir(parents=True, exist_ok=True)
-    if git(repo, "ls-tree", "-d", rev, "snapshots", check=False):
-        archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "snapshots"], capture_output=True)
+    if git(repo, "ls-tree", "-d", rev, folder, check=False):
+        archive = subprocess.run(["git", "-C", str(repo), "archive", rev, folder], capture_output=True)
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
-        return dest / "snapshots"
+        return dest / folder
     return dest
 
 
@@ -122,11 +122,12 @@ def ends_message(old, new, old_entry, new_entry, direction):
     return None
 
 
-def bisect(repo, old, new, run_args, kinds=(), direction=None):
+def bisect(repo, old, new, run_args, kinds=(), direction=None, goldens_folder="snapshots"):
     """Find the commit where the cases flipped between ``old`` and ``new``; return a report dict.
 
     ``direction`` ``"regression"`` requires ``old`` good and ``new`` bad (``--good``/``--bad``);
-    ``None`` takes whichever way the two ends differ (``--from``/``--to``).
+    ``None`` takes whichever way the two ends differ (``--from``/``--to``).  ``goldens_folder``:
+    the golden folder, relative to the repository's root.
     """
     repo = Path(repo).resolve()
     git(repo, "rev-parse", "--git-dir")
@@ -135,7 +136,7 @@ def bisect(repo, old, new, run_args, kinds=(), direction=None):
     with tempfile.TemporaryDirectory(prefix="mlxth-bisect-") as tmp:
         tmp = Path(tmp)
         tree, log = tmp / "worktree", tmp / "steps.jsonl"
-        goldens = _export_goldens(repo, old_sha, tmp / "goldens-old")
+        goldens = _export_goldens(repo, old_sha, tmp / "goldens-old", goldens_folder)
         git(repo, "worktree", "add", "--detach", str(tree), new_sha)
         try:
             git(tree, "checkout", "-q", "--detach", old_sha)
@@ -144,7 +145,7 @@ def bisect(repo, old, new, run_args, kinds=(), direction=None):
             new_entry = None
             if old_entry["verdict"] != "skip" and (direction is None or old_entry["verdict"] == "good"):
                 if old_entry["verdict"] == "bad":  # a fix: held to the goldens of the passing end, the new one
-                    goldens = _export_goldens(repo, new_sha, tmp / "goldens-new")
+                    goldens = _export_goldens(repo, new_sha, tmp / "goldens-new", goldens_folder)
                 git(tree, "checkout", "-q", "--detach", new_sha)
                 new_entry = {**test_revision(tree, run_args, goldens, kinds), "rev": new}
                 steps.append(new_entry)

@@ -23,7 +23,7 @@ from mlxth.harness.judge.golden import apply_golden
 from mlxth.harness.model import Case, case_settings
 from mlxth.harness.run.worker import run_case
 from support import HERE, SNAPSHOTS
-from support.snapshot_extension import ROOT_ENV, GoldenRefused, GoldenTraceExtension, golden_snapshot
+from mlxth.harness.testing.snapshot_extension import ROOT_ENV, GoldenRefused, GoldenTraceExtension, golden_snapshot
 
 # Cheap cases of the default matrix (about 1 s each on the CPU), one per fixture.
 CASES = [("dpo", "tiny-llama"), ("kto", "tiny-linear-attn"), ("simpo", "tiny-qwen35")]
@@ -170,7 +170,7 @@ def test_failing_and_mismatched_results_are_refused(case_result):
 GENERATED_TEST = textwrap.dedent('''
     import json, os
     import pytest
-    from support.snapshot_extension import golden_snapshot
+    from mlxth.harness.testing.snapshot_extension import golden_snapshot
 
     RESULTS = json.loads(open(os.environ["GOLDEN_TEST_RESULTS"]).read())
 

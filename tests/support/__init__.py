@@ -2,8 +2,10 @@
 
 from pathlib import Path
 
+from mlxth.harness.project import load_config
+
 HERE = Path(__file__).resolve().parent
 PLANTED_TARGETS = HERE / "planted_targets.py"
 PLANTED_DISTRIBUTED = HERE / "planted_distributed.py"
 REPOSITORY = HERE.parents[1]
-SNAPSHOTS = REPOSITORY / "snapshots"
+SNAPSHOTS = load_config(REPOSITORY).snapshots  # this project's [tool.mlx-trainer-harness] table

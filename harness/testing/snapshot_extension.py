@@ -6,7 +6,10 @@ test, decides where the file is), matching is the harness's own golden
 check (``golden.compare``), and ``pytest --snapshot-update`` rewrites a
 golden byte for byte as ``harness run --update-snapshots`` would.  Nothing
 is ever discovered as unused, so goldens no test selects are never deleted.
-The folder: ``root=``, else ``$MLXTH_SNAPSHOTS``, else the repository's.
+The folder: ``root=``, else ``$MLXTH_SNAPSHOTS``, else the project's
+(``[tool.mlx-trainer-harness] snapshots`` of the project around pytest's
+rootdir, as the CLI finds it).  syrupy is imported here, so only a session
+that uses goldens needs it.
 
     assert result == golden_snapshot(snapshot, result)
 """
@@ -21,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 from syrupy.data import SnapshotCollection, SnapshotCollections
 from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 
-from mlxth.harness.judge import golden
-from mlxth.harness.target import registered_targets
-
-REPOSITORY_SNAPSHOTS = Path(__file__).resolve().parents[2] / "snapshots"
+from .. import testing
+from ..judge import golden
+from ..project import load_config
+from ..target import registered_targets
 
 if TYPE_CHECKING:
     from syrupy.assertion import SnapshotAssertion
@@ -38,13 +41,16 @@ class GoldenRefused(ValueError):
 
 
 def snapshot_root(root=None) -> Path:
-    """The golden folder: ``root``, else ``$MLXTH_SNAPSHOTS``, else the extension's default."""
+    """The golden folder: ``root``, else ``$MLXTH_SNAPSHOTS``, else the extension's default, else
+    the project's (around pytest's rootdir, or the working directory)."""
     if root is not None:
         return Path(root)
     env = os.environ.get(ROOT_ENV)
     if env:
         return Path(env)
-    return Path(GoldenTraceExtension.default_root)
+    if GoldenTraceExtension.default_root is not None:
+        return Path(GoldenTraceExtension.default_root)
+    return load_config(testing.rootdir).snapshots
 
 
 def golden_key_of(target: str) -> str:
@@ -72,7 +78,7 @@ class GoldenTraceExtension(SingleFileSnapshotExtension):
     base class has no golden path.
     """
 
-    default_root: Path = REPOSITORY_SNAPSHOTS
+    default_root: Path | None = None
     file_extension = "json"
     _write_mode = WriteMode.TEXT
 

@@ -1,0 +1,109 @@
+"""``harness init``: the table, a target adapter that passes as written, a CI workflow; no file overwritten."""
+
+import json
+import subprocess
+
+import yaml
+from click.testing import CliRunner
+
+from mlxth.harness.cli import main
+from mlxth.harness.project import load_config
+
+WORKFLOW = ".github/workflows/mlx-trainer-harness.yml"
+ORIGINAL = '[project]\nname = "toylib"\nversion = "0.1"\n'
+
+
+def _files(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and ".git" not in p.relative_to(root).parts}
+
+
+def _init(root, monkeypatch):
+    monkeypatch.chdir(root)
+    return CliRunner().invoke(main, ["init"], catch_exceptions=False)
+
+
+def _library(tmp_path, pyproject=ORIGINAL):
+    root = tmp_path / "toylib"
+    root.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    if pyproject is not None:
+        (root / "pyproject.toml").write_text(pyproject)
+    return root
+
+
+def test_init_writes_the_table_an_adapter_and_a_workflow(tmp_path, monkeypatch):
+    root = _library(tmp_path)
+    result = _init(root, monkeypatch)
+    assert result.exit_code == 0, result.output
+    text = (root / "pyproject.toml").read_text()
+    assert text.startswith(ORIGINAL)  # appended to, never rewritten
+    config = load_config(root)
+    assert config.target == f"{root / 'harness_target.py'}:Target"
+    assert config.snapshots == root / "snapshots" and config.trainers == ("dpo",)
+    assert "class Target:" in (root / "harness_target.py").read_text()
+    assert 'name = "toylib"' in (root / "harness_target.py").read_text()
+    assert (root / ".gitignore").read_text() == "reports/\n"
+
+    flow = yaml.safe_load((root / WORKFLOW).read_text())
+    linux, mac = flow["jobs"]["linux-cpu"], flow["jobs"]["macos-metal"]
+    assert linux["runs-on"] == "ubuntu-latest"
+    runs = " ".join(step.get("run", "") for step in linux["steps"])
+    assert "'mlx-trainer-harness[cpu]'" in runs and "harness run --strict" in runs and "GITHUB_STEP_SUMMARY" in runs
+    uses = [step.get("uses", "") for step in linux["steps"]]
+    assert any(u.startswith("mikepenz/action-junit-report") for u in uses)  # junit.xml as a test report
+    assert any(u.startswith("actions/upload-artifact") for u in uses)
+    assert "macOS" in mac["runs-on"] and "ARM64" in mac["runs-on"]
+    mac_runs = " ".join(step.get("run", "") for step in mac["steps"])
+    assert "run --strict" in mac_runs and "run --update-snapshots" in mac_runs  # gate, and recording Metal goldens
+    assert any(step.get("with", {}).get("path") == "snapshots/metal/" for step in mac["steps"])
+    assert "record_metal_goldens" in flow[True]["workflow_dispatch"]["inputs"]  # YAML reads the key `on` as True
+
+
+def test_init_never_overwrites_a_file(tmp_path, monkeypatch):
+    root = _library(tmp_path)
+    (root / ".github" / "workflows").mkdir(parents=True)
+    (root / WORKFLOW).write_text("name: mine\n")
+    (root / "harness_target.py").write_text("# the maintainer's own adapter\n")
+    (root / ".gitignore").write_text("*.pyc")  # no final newline
+    result = _init(root, monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert (root / WORKFLOW).read_text() == "name: mine\n"
+    assert (root / "harness_target.py").read_text() == "# the maintainer's own adapter\n"
+    assert (root / ".gitignore").read_text() == "*.pyc\nreports/\n"
+    assert "harness_target.py" in result.output and "kept: it exists" in result.output
+    # A second init changes nothing at all.
+    before = _files(root)
+    result = _init(root, monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert _files(root) == before
+    assert "kept: it already has [tool.mlx-trainer-harness]" in result.output
+
+
+def test_init_without_pyproject_writes_one_and_refuses_a_broken_one(tmp_path, monkeypatch):
+    root = _library(tmp_path, pyproject=None)
+    assert _init(root, monkeypatch).exit_code == 0
+    assert load_config(root).target.endswith("harness_target.py:Target")
+    broken = _library(tmp_path / "b", pyproject="[project\n")
+    result = _init(broken, monkeypatch)
+    assert result.exit_code == 2
+    assert f"{broken / 'pyproject.toml'}: invalid TOML" in result.output
+    assert _files(broken) == {"pyproject.toml": b"[project\n"}
+
+
+def test_the_adapter_as_written_passes_every_check_and_documents_a_real_requirement(tmp_path, monkeypatch):
+    root = _library(tmp_path)
+    assert _init(root, monkeypatch).exit_code == 0
+    result = CliRunner().invoke(main, ["run", "--fixture", "tiny-linear-attn"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = next((root / "reports").glob("*/report.json")).read_text()
+    checks = {c["name"]: c["status"] for c in json.loads(report)["cases"][0]["checks"]}
+    assert checks == {"completes": "pass", "training-mode": "pass", "finite": "pass", "updates": "pass",
+                      "analytic": "pass", "reproducible": "pass", "golden": "skip", "loss-recompute": "pass"}
+    # The example's model.train() is what the interface asks for: without it the case fails.
+    adapter = root / "harness_target.py"
+    adapter.write_text(adapter.read_text().replace("        self.model.train()", "        pass"))
+    result = CliRunner().invoke(main, ["run", "--fixture", "tiny-linear-attn", "--reports", "again"],
+                                catch_exceptions=False)
+    assert result.exit_code == 1
+    assert "vjp-missing" in result.output
