@@ -14,7 +14,7 @@ from ..judge.golden import EQUIVALENCE
 from ..model import DEFAULT_VARIANTS, TRAINERS, VARIANTS
 from ..target import load_target, registered_targets
 from .common import main
-from . import conformance, run, tools  # noqa: F401 - each registers its commands on ``main``
+from . import bench, conformance, run, tools  # noqa: F401 - each registers its commands on ``main``
 
 __all__ = ["main"]
 
