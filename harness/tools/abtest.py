@@ -8,6 +8,7 @@ The worker keeps its stdout for the protocol (one JSON line per request) and
 sends everything else the target prints to stderr, which goes to a log file.
 """
 
+import inspect
 import json
 import os
 import select
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from ... import trainers
 from ..env import environment
 from ..model import Case
 from .bench import CaseBench, Rounds, summarize
@@ -122,9 +124,17 @@ def ab_case(case, rounds: Rounds, baseline_env: dict, candidate_env: dict, thres
                                  finals[name]["peak_bytes"], marks, rounds.timer, finals[name]["wall_ms"])
                  for name in sides}
     result = {**summaries["candidate"], "baseline": summaries["baseline"],
-              "environment": ready["candidate"]["environment"]}
+              "environment": ready["candidate"]["environment"],
+              "code": {name: ready[name]["code"] for name in sides}}
     result["verdict"] = verdict(case.id, steps["baseline"], steps["candidate"], threshold_pct, paired=True)
     return result
+
+
+def code_origin(target) -> dict:
+    """Where this side imported the code under test from (the target's module, the reference trainers)."""
+    cls = type(target.obj)
+    files = [v.__code__.co_filename for v in vars(cls).values() if inspect.isfunction(v)]
+    return {"target": files[0] if files else cls.__module__, "trainers": str(Path(trainers.__path__[0]).resolve())}
 
 
 def worker(case_path: str) -> int:
@@ -144,7 +154,7 @@ def worker(case_path: str) -> int:
         print(f"cannot start the case: {type(err).__name__}: {err}", file=sys.stderr)
         reply(error=f"{type(err).__name__}: {err}")
         return 1
-    reply(warm_ms=timed.warm_ms, environment=environment(), pid=os.getpid())
+    reply(warm_ms=timed.warm_ms, environment=environment(), code=code_origin(timed.target))
     for line in sys.stdin:
         command = line.strip()
         try:

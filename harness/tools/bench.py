@@ -159,7 +159,7 @@ class CaseBench:
         self.case, settings = case, case.settings
         self.cpu = rounds.resolved().timer == "cpu"
         settings.steps = rounds.warmup + rounds.max_rounds
-        target = load_target(case.target_spec or case.target)
+        self.target = target = load_target(case.target_spec or case.target)
         self.model, self.tok, self.rows = case_inputs(case)
         mx.reset_peak_memory()
         self.run = target.prepare(case.trainer, self.model, self.tok, self.rows, settings)
