@@ -22,6 +22,7 @@ VARIANTS = {
     "bf16": {"dtype": "bfloat16"},
     "lora": {"lora_rank": 4, "learning_rate": 1e-3},
     "compiled": {"compile": True},
+    "compiled-bf16": {"compile": True, "dtype": "bfloat16"},
 }
 DEFAULT_VARIANTS = ("fp32",)
 

@@ -15,9 +15,7 @@ model fresh from ``mlx_lm.load`` is in inference mode, and some layers take an
 inference-only kernel there that has no gradient.
 """
 
-import copy
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -28,6 +26,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map
 
 from .parallel import DataParallel
+from .reference import Reference, apply_lora
 
 
 @dataclass
@@ -45,7 +44,9 @@ class TrainConfig:
     lora_rank: int = field(default=0, metadata={"help": "LoRA rank; 0 trains all weights."})
     lora_layers: int = field(default=-1, metadata={"help": "Blocks (from the top) given LoRA; -1: all."})
     lora_scale: float = field(default=20.0, metadata={"help": "LoRA scale (mlx-lm's default)."})
-    compile: bool = field(default=False, metadata={"help": "mx.compile the gradient and update steps."})
+    compile: bool = field(default=False, metadata={"help": (
+        "mx.compile the step (loss, gradient and update in one call), padding sequences to a few "
+        "bucketed widths so that it compiles a bounded number of times.")})
     precompute_reference: bool = field(
         default=False, metadata={"help": "Score every row under the reference once, before training."}
     )
@@ -85,65 +86,6 @@ def step_share(value, count, step_count, batch_size, step_examples):
 
 class NonFiniteError(FloatingPointError):
     """A step produced a non-finite loss, gradient or metric."""
-
-
-# ----------------------------------------------------------------------------
-# Model setup: LoRA and the frozen reference.
-# ----------------------------------------------------------------------------
-
-
-def apply_lora(model, config: TrainConfig):
-    """Freeze the model and add mlx-lm LoRA adapters (B initialised to zero,
-    so the adapted model starts equal to the base)."""
-    from mlx_lm.tuner.utils import linear_to_lora_layers
-
-    model.freeze()
-    num_layers = len(model.layers) if config.lora_layers < 0 else config.lora_layers
-    lora = {"rank": config.lora_rank, "scale": config.lora_scale, "dropout": 0.0}
-    linear_to_lora_layers(model, num_layers, lora)
-    return model
-
-
-def _lora_layers(model):
-    return [m for _, m in model.named_modules() if hasattr(m, "lora_a") and hasattr(m, "scale")]
-
-
-class Reference:
-    """The frozen reference policy.
-
-    With LoRA it is the policy itself with every adapter's scale set to zero
-    (the base model, no second copy of the weights).  Otherwise it is a copy
-    of the policy taken before training, or the model the caller passes.
-    """
-
-    def __init__(self, policy, model=None, lora: bool = False):
-        self.policy = policy
-        self.lora = lora
-        if model is None and not lora:
-            model = copy.deepcopy(policy)
-        if model is not None:
-            model.freeze()
-            model.eval()
-        self.model = model
-
-    @contextmanager
-    def active(self):
-        if self.model is not None:
-            self.model.eval()
-            yield self.model
-            return
-        layers = _lora_layers(self.policy)
-        scales = [m.scale for m in layers]
-        was_training = self.policy.training
-        for m in layers:
-            m.scale = 0.0
-        self.policy.eval()
-        try:
-            yield self.policy
-        finally:
-            for m, s in zip(layers, scales):
-                m.scale = s
-            self.policy.train(was_training)
 
 
 # ----------------------------------------------------------------------------
@@ -220,13 +162,16 @@ class Trainer:
         self.optimizer = make_optimizer(config)
         self._reference_cache = None  # per-row reference outputs, once precompute_reference ran
         self.step_count = 0
-        self._grad_fn = nn.value_and_grad(model, self._objective)
-        self._update_fn = self._update
+        self._value_and_grad = nn.value_and_grad(model, self._objective)
+        self._grad_fn, self._update_fn, self._fused_fn = self._value_and_grad, self._update, None
         if config.compile:
             # State created inside a compiled call would not be captured: make it now.
             self.optimizer.init(model.trainable_parameters())
             state = [model.state, self.optimizer.state, mx.random.state]
-            self._grad_fn = mx.compile(self._grad_fn, inputs=state, outputs=state)
+            # One micro-batch on one process: loss, gradient and update in one compiled call
+            # (as mlx-lm's tuner does); otherwise the gradient and the update apart.
+            self._fused_fn = mx.compile(self._fused_step, inputs=state, outputs=state)
+            self._grad_fn = mx.compile(self._value_and_grad, inputs=state, outputs=state)
             self._update_fn = mx.compile(self._update, inputs=state, outputs=state)
 
     def _objective(self, batch, ref, stats):
@@ -242,6 +187,22 @@ class Trainer:
             norm = mx.sqrt(sum((g * g).sum() for _, g in tree_flatten(grads)))
         self.optimizer.update(self.model, grads)
         return norm
+
+    def _fused_step(self, batch, ref, stats):
+        """Gradient and update in one call; a non-finite loss or gradient leaves the weights and
+        the optimizer state as they were (the caller raises), as the eager step's check does."""
+        (loss, metrics), grads = self._value_and_grad(batch, ref, stats)
+        params, state = self.model.trainable_parameters(), self.optimizer.state
+        old_params, old_state = tree_map(lambda x: x, params), tree_map(lambda x: x, state)
+        norm = self._update(grads)
+        ok = mx.isfinite(loss) & mx.isfinite(norm)
+
+        def keep(new, old):
+            return mx.where(ok, new, old)
+
+        self.model.update(tree_map(keep, self.model.trainable_parameters(), old_params))
+        state.update(tree_map(keep, dict(state), old_state))
+        return loss, norm, metrics
 
     def precompute_reference(self, rows):
         """Score every row under the frozen reference once (TRL's precompute_ref_log_probs)."""
@@ -307,6 +268,8 @@ class Trainer:
         spec, model = self.spec, self.model
         self.step_count += 1
         model.train()  # the training-mode contract: every gradient is taken in training mode
+        if self._fused_fn is not None and len(batches) == 1 and not self.dp.active:
+            return self._optimize_fused(batches[0], refs[0], stats)
         loss, grads, metrics = 0.0, None, {}
         rows = sum(b["inputs"].shape[0] for b in batches)
         rows = self.dp.count(rows)  # micro-batch metrics are weighted over the whole (global) step
@@ -334,12 +297,28 @@ class Trainer:
                 f"{spec.name}: step {self.step_count}: non-finite gradient "
                 f"(grad norm {norm.item()}, first in {_first_non_finite(grads)})"
             )
+        return self._record(loss_value, norm, metrics, num_tokens)
+
+    def _optimize_fused(self, batch, ref, stats) -> dict:
+        arrays = {k: v for k, v in batch.items() if isinstance(v, mx.array)}
+        loss, norm, metrics = self._fused_fn(arrays, ref, stats)
+        mx.eval(loss, norm, metrics, self.model.parameters(), self.optimizer.state)
+        _check_finite(self.spec.name, self.step_count, "loss", loss.item())
+        if not math.isfinite(norm.item()):
+            _, grads = self._value_and_grad(arrays, ref, stats)  # the weights were left as they were
+            raise NonFiniteError(
+                f"{self.spec.name}: step {self.step_count}: non-finite gradient "
+                f"(grad norm {norm.item()}, first in {_first_non_finite(grads)})"
+            )
+        return self._record(loss.item(), norm, metrics, batch["num_tokens"])
+
+    def _record(self, loss_value, norm, metrics, num_tokens) -> dict:
         record = {"step": self.step_count, "loss": loss_value, "grad_norm": norm.item()}
         record["learning_rate"] = float(self.optimizer.learning_rate.item())
         record["num_tokens"] = int(num_tokens)
         for k, v in metrics.items():
             record[k] = float(v.item())
-            _check_finite(spec.name, self.step_count, k, record[k])
+            _check_finite(self.spec.name, self.step_count, k, record[k])
         return record
 
 

@@ -24,7 +24,7 @@ def _logps(model, batch, config):
 
 
 def collate(rows, config, pad_id):
-    return pair_batch(rows, pad_id)
+    return pair_batch(rows, pad_id, buckets=config.compile)
 
 
 def reference_outputs(ref_model, batch, config):

@@ -37,25 +37,48 @@ class GRPOConfig(TrainConfig):
         "which rank or micro-batch generates them. Data parallelism needs per-prompt.")})
 
 
-def generate_group(model, prompt_ids, config, eos_id: int, key=None):
-    """Sample ``num_generations`` completions of one prompt with a KV cache.
+def generate_groups(model, prompts, config, eos_id: int, keys=None):
+    """Sample ``num_generations`` completions of each prompt with mlx-lm's KV cache.
 
-    Returns a list of token-id lists, each ending at (and including) eos when
-    eos was sampled.  The caller sets the model's mode.  ``key``: draw from
-    this PRNG key instead of the global random state.
+    Prompts of the same length are generated in one batch (their groups side
+    by side, no padding); returns one list of token-id lists per prompt, each
+    ending at (and including) eos when eos was sampled.  The caller sets the
+    model's mode.  ``keys``: one PRNG key per prompt, its group drawn from it
+    (else one draw over the batch from the global random state).
     """
+    by_length = {}
+    for i, p in enumerate(prompts):
+        by_length.setdefault(len(p), []).append(i)
+    out = [None] * len(prompts)
+    for members in by_length.values():
+        member_keys = None if keys is None or keys[0] is None else [keys[i] for i in members]
+        groups = _generate_batch(model, [prompts[i] for i in members], config, eos_id, member_keys)
+        for i, group in zip(members, groups):
+            out[i] = group
+    return out
+
+
+def _sample(logits, config, keys):
+    if config.temperature == 0:
+        return mx.argmax(logits, axis=-1), keys
+    scaled = logits.astype(mx.float32) / config.temperature
+    if keys is None:
+        return mx.random.categorical(scaled), None
+    G, draws, next_keys = config.num_generations, [], []
+    for j, key in enumerate(keys):  # each prompt's group from its own key chain
+        key, sub = mx.random.split(key)
+        draws.append(mx.random.categorical(scaled[j * G : (j + 1) * G], key=sub))
+        next_keys.append(key)
+    return mx.concatenate(draws), next_keys
+
+
+def _generate_batch(model, prompts, config, eos_id, keys):
     G = config.num_generations
     cache = make_prompt_cache(model)
-    logits = model(mx.array([prompt_ids] * G), cache=cache)[:, -1, :]
-    tokens, done = [], mx.zeros((G,), dtype=mx.bool_)
+    logits = model(mx.array([p for p in prompts for _ in range(G)]), cache=cache)[:, -1, :]
+    tokens, done = [], mx.zeros((len(prompts) * G,), dtype=mx.bool_)
     for _ in range(config.max_completion_length):
-        if config.temperature == 0:
-            nxt = mx.argmax(logits, axis=-1)
-        elif key is None:
-            nxt = mx.random.categorical(logits.astype(mx.float32) / config.temperature)
-        else:
-            key, sub = mx.random.split(key)
-            nxt = mx.random.categorical(logits.astype(mx.float32) / config.temperature, key=sub)
+        nxt, keys = _sample(logits, config, keys)
         tokens.append(nxt)
         done = done | (nxt == eos_id)
         mx.eval(nxt, done)
@@ -63,7 +86,8 @@ def generate_group(model, prompt_ids, config, eos_id: int, key=None):
             break
         logits = model(nxt[:, None], cache=cache)[:, -1, :]
     seqs = mx.stack(tokens, axis=1).tolist()
-    return [s[: s.index(eos_id) + 1] if eos_id in s else s for s in seqs]
+    seqs = [s[: s.index(eos_id) + 1] if eos_id in s else s for s in seqs]
+    return [seqs[j * G : (j + 1) * G] for j in range(len(prompts))]
 
 
 class GRPOTrainer(Trainer):
@@ -114,7 +138,9 @@ class GRPOTrainer(Trainer):
         was_training = model.training
         model.eval()  # generate in inference mode, as users do
         eos = tok.eos_token_id
-        groups = [[generate_group(model, r["prompt_ids"], cfg, eos, next(keys)) for r in rows] for rows in micro_rows]
+        prompts = [r["prompt_ids"] for rows in micro_rows for r in rows]
+        flat = iter(generate_groups(model, prompts, cfg, eos, [next(keys) for _ in prompts]))
+        groups = [[next(flat) for _ in rows] for rows in micro_rows]
         model.train(was_training)
 
         all_rows = [r for rows in micro_rows for r in rows]
@@ -151,7 +177,7 @@ class GRPOTrainer(Trainer):
         for rows, group in zip(micro_rows, groups):
             completions = [c for g in group for c in g]
             prompts = [p for p in _repeat([r["prompt_ids"] for r in rows], cfg.num_generations)]
-            batch = pad_sequences(prompts, completions, tok.pad_token_id)
+            batch = pad_sequences(prompts, completions, tok.pad_token_id, buckets=cfg.compile)
             batch["advantages"] = advantages[offset : offset + len(completions)]
             offset += len(completions)
             batches.append(batch)

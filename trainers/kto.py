@@ -24,7 +24,7 @@ class KTOConfig(TrainConfig):
 def collate(rows, config, pad_id):
     if len(rows) * config.grad_accumulation_steps < 2:
         raise ValueError("kto: the reference point needs at least 2 examples per step")
-    return unpaired_batch(rows, pad_id)
+    return unpaired_batch(rows, pad_id, buckets=config.compile)
 
 
 def step_stats(policy, reference, micro_rows, batches, config, pad_id, dp=None):

@@ -14,7 +14,7 @@ class ORPOConfig(TrainConfig):
 
 
 def collate(rows, config, pad_id):
-    return pair_batch(rows, pad_id)
+    return pair_batch(rows, pad_id, buckets=config.compile)
 
 
 def step_stats(policy, reference, micro_rows, batches, config, pad_id, dp=None):

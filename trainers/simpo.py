@@ -14,7 +14,7 @@ class SimPOConfig(TrainConfig):
 
 
 def collate(rows, config, pad_id):
-    return pair_batch(rows, pad_id)
+    return pair_batch(rows, pad_id, buckets=config.compile)
 
 
 def objective(model, batch, ref, stats, config):

@@ -14,7 +14,7 @@ from ..judge.golden import EQUIVALENCE
 from ..model import DEFAULT_VARIANTS, SCENARIOS, TRAINERS, VARIANTS
 from ..target import load_target, registered_targets
 from .common import main
-from . import conformance, init, mutate, run, sweep, tools  # noqa: F401 - each registers its commands on ``main``
+from . import bench, conformance, init, mutate, run, sweep, tools  # noqa: F401 - each registers its commands on ``main``
 
 __all__ = ["main"]
 

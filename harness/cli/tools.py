@@ -1,4 +1,4 @@
-"""``harness bench``, ``harness triage`` and ``harness bisect`` (over commits or releases, either way)."""
+"""``harness triage`` and ``harness bisect`` (over commits or releases, either way)."""
 
 import json
 import sys
@@ -6,91 +6,19 @@ import tempfile
 from pathlib import Path
 
 import click
-from tabulate import tabulate
 
 from ...fixtures import FIXTURES
-from ..env import environment
 from ..judge.golden import write_atomic
 from ..judge.checks import EXPLANATIONS
 from ..model import DEFAULT_VARIANTS, TRAINERS, VARIANTS
 from ..project import ConfigError, load_config
 from ..run.launch import DEFAULT_TIMEOUT
-from ..tools import bench as bench_mod
 from ..tools import bisect as bisect_mod
 from ..tools import release_bisect
 from ..tools import triage as triage_mod
 from ..tools.versions import VersionError, library_version
 from .common import check_names, fail_usage, filter_options, main, project_config, resolve_target, select_cases
 from .sweep import release_source_options
-
-
-@main.command("bench")
-@filter_options(multi_target=True)
-@click.option("--warmup", default=2, show_default=True, type=click.IntRange(0, 100), help="Untimed steps first.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the results here.")
-@click.option("--compare", "baseline_path", type=click.Path(exists=True, dir_okay=False),
-              help="A baseline JSON from an earlier --json: fail on a real slowdown.")
-@click.option("--threshold", default=10.0, show_default=True, type=float, help="Slowdown (percent) that fails.")
-def bench_command(target, trainers, fixtures, models, variants, scenarios, steps, warmup, json_path, baseline_path,
-                  threshold):
-    """Benchmark step time per case (and gate on slowdowns with --compare)."""
-    steps = steps or project_config().steps
-    baseline = None
-    if baseline_path:
-        try:
-            baseline = json.loads(Path(baseline_path).read_text())
-            baseline["cases"]
-        except (ValueError, KeyError, TypeError) as err:
-            fail_usage(f"--compare {baseline_path}: not a harness bench JSON ({err})")
-    selected = [select_cases(t, trainers, fixtures, variants, steps, models=models, scenarios=scenarios or ("plain",))
-                for t in target or (None,)]
-    names = [target_obj.name for target_obj, _ in selected]
-    # Side by side: each trainer x fixture x variant runs on every target before the next.
-    sources = list(dict.fromkeys(c.fixture for _, cs in selected for c in cs))  # fixtures, then model folders
-    cases = [c for group in zip(*[_by_key(cs, sources) for _, cs in selected]) for c in group if c is not None]
-    env = environment()
-    click.echo(f"harness bench: {len(cases)} case(s), {warmup} warm-up + {steps} timed steps, "
-               f"{env['backend']} ({env['device']})")
-
-    def progress(result, done, total):
-        if "error" in result:
-            click.echo(f"[{done}/{total}] {result['id']}: error: {result['error']}")
-        else:
-            click.echo(f"[{done}/{total}] {result['id']}: {result['median_ms']:.1f} ms/step, "
-                       f"ratio {result['ratio']:.2f}")
-
-    results = bench_mod.bench(cases, warmup=warmup, steps=steps, on_result=progress)
-    rows = [[c["id"], f"{c['median_ms']:.1f}", f"{c['p90_ms']:.1f}", f"{c['iqr_ms']:.1f}", f"{c['tokens_per_s']:.0f}",
-             f"{c['peak_memory_mb']:.1f}", f"{c['warmup_s']:.2f}", f"{c['lower_bound_ms']:.1f}", f"{c['ratio']:.2f}"]
-            if "error" not in c else [c["id"], "error"] + [""] * 7 for c in results["cases"]]
-    click.echo(tabulate(rows, headers=["case", "median ms", "p90 ms", "IQR ms", "tokens/s", "peak MB",
-                                       "warm-up s", "lower bound ms", "ratio"]))
-    if len(names) > 1:
-        click.echo()
-        click.echo(side_by_side(results["cases"], names))
-    if json_path:
-        write_atomic(Path(json_path), json.dumps(results, indent=1) + "\n")
-    if baseline is None:
-        sys.exit(0)
-    verdicts = bench_mod.compare(baseline, results, threshold)
-    click.echo()
-    click.echo(tabulate([[v["id"], v["status"], v["detail"]] for v in verdicts], headers=["case", "gate", "detail"]))
-    sys.exit(1 if any(v["status"] == "slower" for v in verdicts) else 0)
-
-
-def _by_key(cases, sources):
-    """Cases in matrix order, keyed so that targets line up (a target lacking a trainer gets None)."""
-    index = {(c.trainer, c.fixture, c.variant): c for c in cases}
-    return [index.get((t, f, v)) for t in TRAINERS for f in sources for v in VARIANTS]
-
-
-def side_by_side(results, names):
-    table = {}
-    for r in results:
-        table.setdefault((r["trainer"], r["fixture"], r["variant"]), {})[r["target"]] = r.get("median_ms")
-    rows = [[tr, fx, v] + [("error" if row[n] is None else f"{row[n]:.1f}") if n in row else "-" for n in names]
-            for (tr, fx, v), row in table.items()]
-    return tabulate(rows, headers=["trainer", "fixture", "variant"] + [f"{n} ms/step" for n in names])
 
 
 @main.command("triage")
