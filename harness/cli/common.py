@@ -1,6 +1,7 @@
 """What every ``harness`` subcommand shares: the group, the case filters, target resolution."""
 
 import datetime
+import math
 import secrets
 
 import click
@@ -18,6 +19,24 @@ def main():
 
 def fail_usage(message: str):
     raise click.UsageError(message)
+
+
+class Seconds(click.ParamType):
+    """A finite number of seconds greater than 0."""
+
+    name = "seconds"
+
+    def convert(self, value, param, ctx):
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds <= 0:
+            self.fail(f"{value!r}: give a finite number of seconds greater than 0", param, ctx)
+        return seconds
+
+
+SECONDS = Seconds()
 
 
 def resolve_target(spec: str):
@@ -52,7 +71,8 @@ def filter_options(func=None, *, multi_target=False):
 
 
 def select_cases(target, trainers, fixtures, variants, steps, ranks=1):
-    """The loaded target and its cases, every name checked."""
+    """The loaded target and its cases, every name checked and repeated names dropped."""
+    trainers, fixtures, variants = (tuple(dict.fromkeys(names)) for names in (trainers, fixtures, variants))
     target_obj = resolve_target(target)
     check_names("trainer", trainers, [t for t in TRAINERS if t in target_obj.trainers()])
     check_names("fixture", fixtures, list(FIXTURES))

@@ -17,7 +17,7 @@ from ..run.launch import DEFAULT_TIMEOUT
 from ..tools import bench as bench_mod
 from ..tools import bisect as bisect_mod
 from ..tools import triage as triage_mod
-from .common import fail_usage, filter_options, main, select_cases
+from .common import SECONDS, fail_usage, filter_options, main, select_cases
 
 
 @main.command("bench")
@@ -93,7 +93,7 @@ def side_by_side(results, names):
 @click.option("--steps", default=3, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--snapshots", "snapshots_dir", type=click.Path(file_okay=False),
               help="Golden snapshot folder.  [default: snapshots/ in the project root]")
-@click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True, type=float, help="Seconds per run.")
+@click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True, type=SECONDS, help="Seconds per run.")
 def triage_command(target, trainer, fixture, variant, steps, snapshots_dir, timeout):
     """Re-run a failing case under a ladder of toggles and diagnose which one flips it."""
     target_obj, cases = select_cases(target, (trainer,), (fixture,), (variant,), steps)

@@ -38,6 +38,7 @@ from ..judge.golden import check_tolerances
 from ..judge.recompute import recompute_loss
 from ..model import Case, completion_fields
 from ..target import load_target
+from .contract import ContractError, step_record
 from .modes import ForcedMode, ModeProbe
 
 VJP_MISSING = "[Primitive::vjp] Not implemented for CustomKernel"
@@ -64,6 +65,8 @@ def _load(case: Case):
 
 
 def classify_exception(err: BaseException) -> str:
+    if isinstance(err, ContractError):
+        return "contract"
     if isinstance(err, (ImportError, SyntaxError)):
         return "import-error"
     if VJP_MISSING in str(err):
@@ -97,15 +100,19 @@ def run_once(case: Case, probe: bool, recheck_step: int = 0, on_step=None):
             contexts.enter_context(ForcedMode(model, mode == "force-train"))
     if probe_ctx is not None:  # inside the forced mode: it observes what the forced run does
         contexts.enter_context(probe_ctx)
+    where = "version()"  # what the target was doing, for an error's message
     try:
         obs["target_version"] = target.version()
+        where = "prepare()"
         run = target.prepare(case.trainer, model, tokenizer, rows, case.settings)
         obs["trainable_keys"] = [k for k, _ in tree_flatten(model.trainable_parameters())]
         obs["before"] = _snapshot(model)
         obs["reference"] = run.reference_model
         obs["reference_before"] = _snapshot(obs["reference"])
+        where = "hyperparameters()"
         obs["hp"] = hp = _hyperparameters(run, case)
         for k in range(1, case.settings.steps + 1):
+            where = f"step {k}"
             if k == recheck_step and completion_fields(case.trainer):
                 step_rows = run.rows_for_step(k)
                 if step_rows is not None:
@@ -114,23 +121,19 @@ def run_once(case: Case, probe: bool, recheck_step: int = 0, on_step=None):
             record = run.step()
             if k == 1:  # for tensors a target creates inside its first step (LoRA added by train())
                 obs["after_first"] = _snapshot(model)
-            records.append({"step": k, **{key: _plain(v) for key, v in record.items() if key != "step"}})
+            records.append(step_record(record, k))
             if on_step is not None:
                 on_step(records[-1])
     except Exception as err:  # noqa: BLE001 - any failure of the target is this case's result
-        error = {"kind": classify_exception(err), "message": f"{type(err).__name__}: {err}",
-                 "step": len(records) + 1, "traceback": traceback.format_exc(limit=8)}
+        in_step = where.startswith("step")
+        message = f"{type(err).__name__}: {err}" if in_step else f"{where} raised {type(err).__name__}: {err}"
+        error = {"kind": classify_exception(err), "message": message, "step": len(records) + 1 if in_step else None,
+                 "where": where, "traceback": traceback.format_exc(limit=8)}
     finally:
         contexts.close()
     obs["model"] = model
     obs["probe"] = probe_ctx
     return records, error, obs
-
-
-def _plain(value):
-    if isinstance(value, mx.array):
-        value = value.item()
-    return value
 
 
 def run_case(case: Case, on_step=None, observe=None) -> dict:
