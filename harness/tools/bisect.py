@@ -82,11 +82,25 @@ def _export_goldens(repo, rev, dest: Path):
     return dest
 
 
+def resolve(repo, rev: str, option: str) -> str:
+    """The commit ``rev`` names in ``repo``; a one-line error naming the option otherwise."""
+    out = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", "--end-of-options",
+                          f"{rev}^{{commit}}"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{option} {rev!r} is not a commit in {repo}")
+    return out.stdout.strip()
+
+
 def bisect(repo, good, bad, run_args, echo=print):
-    """Find the first bad commit; return a report dict (also printed through ``echo``)."""
+    """Find the first bad commit; return a report dict (also printed through ``echo``).
+
+    Raises ``RuntimeError`` (one line) for a bad revision, or when good and bad are the same commit."""
     repo = Path(repo).resolve()
-    git(repo, "rev-parse", "--git-dir")
-    good_sha, bad_sha = git(repo, "rev-parse", f"{good}^{{commit}}"), git(repo, "rev-parse", f"{bad}^{{commit}}")
+    if subprocess.run(["git", "-C", str(repo), "rev-parse", "--git-dir"], capture_output=True).returncode != 0:
+        raise RuntimeError(f"--repo {repo} is not a git repository")
+    good_sha, bad_sha = resolve(repo, good, "--good"), resolve(repo, bad, "--bad")
+    if good_sha == bad_sha:
+        raise RuntimeError(f"--good {good} and --bad {bad} are the same commit ({good_sha[:10]}): nothing to bisect")
     with tempfile.TemporaryDirectory(prefix="mlxth-bisect-") as tmp:
         tmp = Path(tmp)
         tree, log = tmp / "worktree", tmp / "steps.jsonl"
