@@ -13,11 +13,13 @@ A case must not see what an earlier one left in the process.  ``Baseline``
 records, after the imports, what a case may change and a fresh process would
 not have, and puts it back after every case: environment variables, working
 folder, ``sys.path``, modules imported from outside the Python installation
-(a target file and its helpers), the functions of ``mlx.core``, ``mlx.nn``,
-``mlx.optimizers`` (a patch left behind), the default device and stream,
-compilation on or off, stdout/stderr objects, logging and warning settings,
-cached environment facts; it reseeds MLX's, NumPy's and Python's generators
-from fresh entropy, as a new process starts them, and releases MLX's buffers.
+(a target file and its helpers), attributes rebound in MLX's, mlx-lm's and
+this project's modules and classes (a patch left behind, ``ModeProbe``'s
+included), the default device and stream, compilation on or off,
+stdout/stderr objects, logging and warning settings, cached environment
+facts.  Before each case it reseeds MLX's, NumPy's and Python's generators
+from fresh entropy, as a new process seeds them; after it, it releases
+MLX's buffers.  Contents changed in place (a dict filled) are not undone.
 
 An exception that escapes a case ends the worker with status 1 (SystemExit:
 its own status), as it would end a process of its own; a crash or a hang is
@@ -40,17 +42,27 @@ import warnings
 from types import ModuleType
 
 import mlx.core as mx
-import mlx.nn as nn
-import mlx.optimizers as optim
 import numpy as np
 
+from ...fixtures import FIXTURES, fixture_path, model_classes
 from .. import env
 from ..target import load_target
 from . import worker
 
 _INSTALLED = tuple({os.path.realpath(p) + os.sep for key in ("stdlib", "platstdlib", "purelib", "platlib")
                     if (p := sysconfig.get_paths().get(key))})
-_PATCHABLE = (mx, mx.random, nn, optim)
+# Modules (and the classes they define) whose attributes a case may rebind: put back after each case.
+_PATCHABLE = ("mlx.", "mlx_lm.", "mlxth.")
+
+
+def _namespaces() -> list:
+    """The modules of ``_PATCHABLE`` imported now, and the classes each defines."""
+    out = []
+    for name, module in list(sys.modules.items()):
+        if isinstance(module, ModuleType) and (name + ".").startswith(_PATCHABLE):
+            out.append(module)
+            out += [v for v in vars(module).values() if isinstance(v, type) and v.__module__ == name]
+    return out
 
 
 def _installed(module) -> bool:
@@ -69,7 +81,7 @@ class Baseline:
         self.cwd = os.getcwd()
         self.path = list(sys.path)
         self.modules = set(sys.modules)
-        self.attributes = [(m, dict(vars(m))) for m in _PATCHABLE]
+        self.attributes = [(ns, dict(vars(ns))) for ns in _namespaces()]
         self.device = mx.default_device()
         self.compile = "MLX_DISABLE_COMPILE" not in os.environ
         self.streams = (sys.stdout, sys.stderr)
@@ -92,13 +104,14 @@ class Baseline:
         for name in [n for n in sys.modules if n not in self.modules]:
             if not _installed(sys.modules[name]):
                 del sys.modules[name]
-        for module, saved in self.attributes:
-            current = vars(module)
-            for name in [n for n, v in current.items() if n not in saved and not isinstance(v, ModuleType)]:
-                delattr(module, name)
+        for namespace, saved in self.attributes:  # rebinding is undone; contents changed in place are not
+            current = vars(namespace)
+            for name in [n for n, v in current.items() if n not in saved and not n.startswith("__")
+                         and not isinstance(v, ModuleType)]:
+                delattr(namespace, name)
             for name, value in saved.items():
                 if current.get(name) is not value:
-                    setattr(module, name, value)
+                    setattr(namespace, name, value)
         mx.set_default_device(self.device)
         mx.set_default_stream(mx.default_stream(self.device))
         (mx.enable_compile if self.compile else mx.disable_compile)()
@@ -129,11 +142,14 @@ def _watch_parent(parent: int) -> None:
 
 
 def warm(target_spec: str) -> None:
-    """Import what every case of the run imports: the target and what it brings."""
+    """Import what the run's cases import: the target and what it brings, the fixtures' architectures."""
     try:
         load_target(target_spec)
     except Exception:  # noqa: BLE001 - a target that cannot load is each case's error, reported there
         pass
+    for name in FIXTURES:
+        with open(fixture_path(name) / "config.json") as fh:
+            model_classes(json.load(fh))
 
 
 def serve(target_spec: str) -> int:

@@ -5,5 +5,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PLANTED_TARGETS = HERE / "planted_targets.py"
 PLANTED_DISTRIBUTED = HERE / "planted_distributed.py"
+PLANTED_LEAKS = HERE / "planted_leaks.py"
 REPOSITORY = HERE.parents[1]
 SNAPSHOTS = REPOSITORY / "snapshots"
