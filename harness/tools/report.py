@@ -30,7 +30,7 @@ def summary_rows(results):
     rows = []
     for r in results:
         final = next((s["loss"] for s in reversed(r["steps"]) if "loss" in s), None)
-        failing = r["failure"]["check"] + f" ({r['failure']['kind']})" if r["failure"] else ""
+        failing = r["failure"]["check"] + f" ({r['failure']['kind']})" if r["status"] in ("fail", "error") else ""
         rows.append([r["id"], r["status"], len(r["steps"]), _loss(final), failing, f"{r['duration_s']:.1f}s"])
     return rows
 

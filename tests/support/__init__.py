@@ -6,5 +6,6 @@ HERE = Path(__file__).resolve().parent
 PLANTED_TARGETS = HERE / "planted_targets.py"
 PLANTED_DISTRIBUTED = HERE / "planted_distributed.py"
 PLANTED_LEAKS = HERE / "planted_leaks.py"
+PLANTED_FAULTS = HERE / "planted_faults.py"
 REPOSITORY = HERE.parents[1]
 SNAPSHOTS = REPOSITORY / "snapshots"
