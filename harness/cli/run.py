@@ -87,7 +87,10 @@ def run_command(target, trainers, fixtures, variants, steps, reports_dir, snapsh
         results = [done.get(c.id) or unfinished_result(c, "not-run", pending) for c in cases]
         run = report.build_run(run_id, env, sys.argv[1:], results, time.perf_counter() - started, state,
                                stopped_by, timing)
-        report.write_reports(Path(reports_dir), run)
+        try:
+            report.write_reports(Path(reports_dir), run)
+        except OSError as err:  # writable when the run started; the run itself goes on
+            click.echo(f"warning: cannot write the reports in {out}: {err}", err=True)
         return run
 
     per_case = f" of {ranks} ranks" if ranks > 1 else ""

@@ -10,7 +10,7 @@ from tabulate import tabulate
 
 from ...fixtures import FIXTURES
 from ..env import environment
-from ..judge.golden import write_atomic
+from ..judge.golden import GoldenError, write_atomic
 from ..model import TRAINERS, VARIANTS
 from ..project import default_snapshots
 from ..run.launch import DEFAULT_TIMEOUT
@@ -105,8 +105,11 @@ def triage_command(target, trainer, fixture, variant, steps, snapshots_dir, time
 
     snapshots = Path(snapshots_dir) if snapshots_dir else default_snapshots()
     with tempfile.TemporaryDirectory(prefix="mlxth-triage-") as tmp:
-        original, rungs = triage_mod.triage(case, snapshots, Path(tmp), timeout, target_obj.golden_key,
-                                            on_rung=progress)
+        try:
+            original, rungs = triage_mod.triage(case, snapshots, Path(tmp), timeout, target_obj.golden_key,
+                                                on_rung=progress)
+        except GoldenError as err:
+            fail_usage(str(err))
     click.echo()
     click.echo(triage_mod.diagnosis(original, rungs))
     sys.exit(0 if any(r["flips"] for r in rungs) else 1)

@@ -22,6 +22,7 @@ from . import launch
 from .ranks import judge, log_excerpt
 
 SERVE = "mlxth.harness.run.serve"
+STARTUP_LIMIT = 120  # seconds a worker may take to import everything (18 s seen on a GPU host with torch)
 
 
 class WorkerGone(Exception):
@@ -59,9 +60,8 @@ class PoolWorker:
         return json.loads(line)
 
     def wait_ready(self, deadline: float, stop=None) -> None:
-        if self.start_s is None:
-            self._line(deadline, stop)
-            self.start_s = round(time.perf_counter() - self.started, 3)
+        self._line(deadline, stop)
+        self.start_s = round(time.perf_counter() - self.started, 3)
 
     def send(self, command: dict) -> None:
         self.proc.stdin.write((json.dumps(command) + "\n").encode())
@@ -95,40 +95,44 @@ class WorkerPool:
             self.all.append(worker)
             return worker
 
-    def _release(self, worker: PoolWorker, alive: bool) -> None:
-        if alive:
-            with self.lock:
-                self.idle.append(worker)
+    def _release(self, worker: PoolWorker) -> None:
+        with self.lock:
+            self.idle.append(worker)
 
     def start_times(self) -> list:
         """Seconds from spawn to ready of every worker that got ready."""
         return [w.start_s for w in self.all if w.start_s is not None]
 
     def run(self, case, timeout: float, outdir: Path, log_path: Path, mode: str = "check"):
-        """Run ``case`` in a worker; its result, or None when the run was stopped meanwhile."""
+        """Run ``case`` in a worker; its result, or None when the run was stopped meanwhile.
+
+        ``timeout`` bounds the case; a worker still starting gets ``STARTUP_LIMIT`` if that is longer."""
         worker = self._acquire()
-        started = time.perf_counter()
-        timed_out, returncode, alive = False, 0, True
+        started, limit = time.perf_counter(), max(timeout, STARTUP_LIMIT)
+        timed_out, returncode, alive = False, 0, False
         try:
-            worker.wait_ready(started + timeout, self.stop)
-            started = time.perf_counter()  # a case's time is its own, the worker's start-up is reported apart
+            if worker.start_s is None:
+                worker.wait_ready(started + limit, self.stop)
+            started, limit = time.perf_counter(), timeout  # the case's own time; start-up is reported apart
             worker.send({"case": str(outdir / "case.json"), "outdir": str(outdir), "mode": mode,
                          "log": str(log_path)})
-            worker._line(time.perf_counter() + timeout, self.stop)
+            worker._line(started + timeout, self.stop)
+            alive = True
         except TimeoutError:
-            timed_out, alive = True, False
-            returncode = worker.kill()
+            timed_out = True
         except (WorkerGone, OSError):  # OSError: the pipe broke while sending
-            alive = False
-            returncode = worker.kill()
+            pass
         finally:
-            self._release(worker, alive)
+            if alive:
+                self._release(worker)
+            else:
+                returncode = worker.kill()
         if self.stop is not None and self.stop.is_set() and not alive:
             return None
         text = log_excerpt(log_path) if log_path.exists() else ""
-        if not alive and not timed_out and worker.start_s is None:
-            text = log_excerpt(worker.log_path) + text  # it died starting: its own log says why
-        return judge(case, outdir, text, timed_out, time.perf_counter() - started, timeout, returncode)
+        if not alive and worker.start_s is None:
+            text = log_excerpt(worker.log_path) + text  # it never got ready: its own log says why
+        return judge(case, outdir, text, timed_out, time.perf_counter() - started, limit, returncode)
 
     def close(self) -> None:
         """Kill every worker: idle ones hold nothing worth a graceful exit."""

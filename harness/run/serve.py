@@ -44,7 +44,7 @@ from types import ModuleType
 import mlx.core as mx
 import numpy as np
 
-from ...fixtures import FIXTURES, fixture_path, model_classes
+from ...fixtures import FIXTURES, load_fixture
 from .. import env
 from ..target import load_target
 from . import worker
@@ -142,14 +142,15 @@ def _watch_parent(parent: int) -> None:
 
 
 def warm(target_spec: str) -> None:
-    """Import what the run's cases import: the target and what it brings, the fixtures' architectures."""
+    """Import what the run's cases import: the target and what it brings, and what loading each fixture
+    brings (its architecture, the tokenizer's machinery)."""
     try:
         load_target(target_spec)
     except Exception:  # noqa: BLE001 - a target that cannot load is each case's error, reported there
         pass
     for name in FIXTURES:
-        with open(fixture_path(name) / "config.json") as fh:
-            model_classes(json.load(fh))
+        load_fixture(name)
+    gc.collect()
 
 
 def serve(target_spec: str) -> int:
@@ -163,6 +164,7 @@ def serve(target_spec: str) -> int:
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     warm(target_spec)
     baseline = Baseline()
+    gc.freeze()  # what the imports made lives as long as the worker: later collections skip it
     reply.write(json.dumps({"ready": os.getpid()}) + "\n")
     for line in commands:
         command = json.loads(line)

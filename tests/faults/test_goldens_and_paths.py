@@ -145,3 +145,14 @@ def test_a_reports_folder_that_cannot_be_written_is_a_usage_error_before_any_cas
     assert result.exit_code == 2
     assert f"Error: --reports {blocker / 'reports'}: {blocker} is not a folder" in result.output
     assert "harness run" not in result.output
+
+
+def test_triage_against_an_unreadable_golden_names_the_file(tmp_path):
+    root = _copy_goldens(tmp_path / "snaps", ("tiny-llama",))
+    bad = root / "cpu" / "reference" / "simpo" / "tiny-llama--fp32.json"
+    bad.write_text("{")
+    result = CliRunner().invoke(main, ["triage", "--trainer", "simpo", "--fixture", "tiny-llama",
+                                       "--snapshots", str(root)])
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == f"Error: golden {bad}: line 1: invalid JSON (Expecting property name " \
+                                             "enclosed in double quotes)"
