@@ -2,7 +2,9 @@
 
 Exit codes: 0 every case passed; 1 a case failed or regressed; 2 a usage or
 configuration error (unknown names, a missing golden in ``--strict`` mode, an
-unloadable target), always with a one-line reason.
+unloadable target, a path the run cannot write), always with a one-line
+reason; 3 ``harness run`` was interrupted (SIGINT or SIGTERM) and its reports
+hold what ran.
 """
 
 import click

@@ -2,6 +2,7 @@
 project's ``[tool.mlx-trainer-harness]`` table as the default of every filter."""
 
 import datetime
+import math
 import secrets
 
 import click
@@ -20,6 +21,24 @@ def main():
 
 def fail_usage(message: str):
     raise click.UsageError(message)
+
+
+class Seconds(click.ParamType):
+    """A finite number of seconds greater than 0."""
+
+    name = "seconds"
+
+    def convert(self, value, param, ctx):
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds <= 0:
+            self.fail(f"{value!r}: give a finite number of seconds greater than 0", param, ctx)
+        return seconds
+
+
+SECONDS = Seconds()
 
 
 def resolve_target(spec):
@@ -76,6 +95,8 @@ def filter_options(func=None, *, multi_target=False):
 def select_cases(target, trainers, fixtures, variants, steps, ranks=1, models=(), scenarios=()):
     """The loaded target and its cases, every name checked; what the command line leaves
     out comes from the project's configuration."""
+    trainers, fixtures, variants = (tuple(dict.fromkeys(names)) for names in (trainers, fixtures, variants))
+    scenarios, models = tuple(dict.fromkeys(scenarios)), tuple(dict.fromkeys(models))
     try:
         return select(project_config(), target, trainers, fixtures, variants, steps, ranks, models, scenarios)
     except (SelectionError, TargetError) as err:

@@ -18,7 +18,7 @@ from ..judge.golden import write_atomic
 from ..model import TRAINERS
 from ..project import expected_findings
 from ..run.launch import DEFAULT_TIMEOUT
-from .common import main, new_run_id, project_config, select_cases, use_library_version
+from .common import SECONDS, main, new_run_id, project_config, select_cases, use_library_version
 
 # Set in the process that probes a released version, started afresh so that the release is imported.
 _RELEASE_CHILD_ENV = "MLXTH_CONFORMANCE_RELEASE"
@@ -85,7 +85,7 @@ def conformance_command(target, trainers, fixtures, reports_dir, snapshots_dir, 
 @click.option("--class", "class_name", default=next(iter(CLASSES)), show_default=True,
               type=click.Choice(list(CLASSES)))
 @click.option("--steps", default=3, show_default=True, type=click.IntRange(1, 1000))
-@click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True, type=float, help="Seconds per member.")
+@click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True, type=SECONDS, help="Seconds per member.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write every class result here.")
 def equivalence_command(target, trainers, fixture, class_name, steps, timeout, json_path):
     """Run an equivalence class per trainer and print how far each member is from the golden member."""

@@ -9,10 +9,26 @@ import click
 
 from ..env import environment
 from ..judge import golden
-from ..run.launch import DEFAULT_TIMEOUT, run_cases
+from ..run.launch import DEFAULT_TIMEOUT
+from ..run.runner import Stop, run_cases, stop_on_signals, unfinished_result
 from ..tools import report
-from .common import (fail_usage, filter_options, main, new_run_id, project_config, select_cases,
+from .common import (SECONDS, fail_usage, filter_options, main, new_run_id, project_config, select_cases,
                      use_library_version)
+
+EXIT_INTERRUPTED = 3
+
+
+def _check_writable(cases, reports_dir, run_id, snapshots_dir, key, backend, update_snapshots):
+    """Every path the run will write, tried before the first case starts (a usage error otherwise)."""
+    problem = golden.unwritable(Path(reports_dir) / run_id / "report.json")
+    if problem:
+        fail_usage(f"--reports {reports_dir}: {problem}")
+    if update_snapshots:
+        for path in dict.fromkeys(golden.golden_path(snapshots_dir, backend, key, c.trainer, c.fixture, c.variant,
+                                                     c.scenario) for c in cases):
+            problem = golden.unwritable(path)
+            if problem:
+                fail_usage(f"--update-snapshots: cannot write the golden {path}: {problem}")
 
 
 @main.command("run")
@@ -20,22 +36,32 @@ from .common import (fail_usage, filter_options, main, new_run_id, project_confi
 @click.option("--reports", "reports_dir", type=click.Path(file_okay=False),
               help="Report folder.  [default: the project's, else reports/ in the project root]")
 @click.option("--snapshots", "snapshots_dir", type=click.Path(file_okay=False),
-              help="Golden snapshot folder.  [default: the project's, else snapshots/ in the project root]")
+              help="Golden snapshot folder; must exist unless --update-snapshots.  "
+                   "[default: the project's, else snapshots/ in the project root]")
 @click.option("--update-snapshots", is_flag=True, help="Record goldens of passing cases (never otherwise).")
 @click.option("--strict", is_flag=True, help="A case without a golden is a configuration error (exit 2).")
-@click.option("--jobs", default=min(2, os.cpu_count() or 1), show_default=True, type=click.IntRange(1, 64))
-@click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True, type=float, help="Seconds per case.")
+@click.option("--jobs", default=min(2, os.cpu_count() or 1), show_default=True, type=click.IntRange(1, 64),
+              help="Worker processes: cases run at once, each worker importing MLX once for many cases.")
+@click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True, type=SECONDS, help="Seconds per case.")
 @click.option("--ranks", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Data-parallel ranks per case (mlx.launch); the case's batch is split over them and the "
                    "trace held to the single-process golden within the equivalence tolerance. --jobs counts "
                    "processes: jobs // ranks cases run at once.")
 @click.option("--target-version", help="Run against this released version of the target's library "
                                        "(installed from PyPI into a throw-away folder).")
-def run_command(target, trainers, fixtures, models, variants, scenarios, steps, reports_dir, snapshots_dir, update_snapshots,
-                strict, jobs, timeout, ranks, target_version):
-    """Run the case matrix, check every case, and write reports."""
+def run_command(target, trainers, fixtures, models, variants, scenarios, steps, reports_dir, snapshots_dir,
+                update_snapshots, strict, jobs, timeout, ranks, target_version):
+    """Run the case matrix, check every case, and write reports.
+
+    Exit codes: 0 every case passed; 1 a case failed or errored; 2 a usage or
+    configuration error (nothing ran); 3 the run was interrupted (SIGINT or
+    SIGTERM): the reports hold the cases that finished, the others are marked
+    interrupted or not run.
+    """
     if ranks > 1 and update_snapshots:
         fail_usage("--update-snapshots records single-process goldens; run it without --ranks")
+    if snapshots_dir and not Path(snapshots_dir).is_dir() and not update_snapshots:
+        fail_usage(f"--snapshots {snapshots_dir}: no such folder (to record goldens there, add --update-snapshots)")
     target_obj, cases = select_cases(target, trainers, fixtures, variants, steps, ranks, models, scenarios)
     if target_version:
         use_library_version(target_obj, target_version)
@@ -50,33 +76,62 @@ def run_command(target, trainers, fixtures, models, variants, scenarios, steps, 
             snapshots_dir, env["backend"], key, c.trainer, c.fixture, c.variant, c.scenario).exists()]
         if missing:
             fail_usage(f"--strict: no golden for {len(missing)} case(s), first {missing[0]}")
+    run_id = new_run_id()
+    _check_writable(cases, reports_dir, run_id, snapshots_dir, key, env["backend"], update_snapshots)
 
     started = time.perf_counter()
-    run_id = new_run_id()
+    out = Path(reports_dir) / run_id
+    logs = out / "logs"
+    logs.mkdir(parents=True)
+    done, timing, stop = {}, {}, Stop()
+
+    def write(state, stopped_by=None):
+        pending = "not finished when this report was written"
+        results = [done.get(c.id) or unfinished_result(c, "not-run", pending) for c in cases]
+        run = report.build_run(run_id, env, sys.argv[1:], results, time.perf_counter() - started, state,
+                               stopped_by, timing)
+        try:
+            report.write_reports(Path(reports_dir), run)
+        except OSError as err:  # writable when the run started; the run itself goes on
+            click.echo(f"warning: cannot write the reports in {out}: {err}", err=True)
+        return run
+
     per_case = f" of {ranks} ranks" if ranks > 1 else ""
     click.echo(f"harness run {run_id}: {len(cases)} case(s){per_case}, {jobs} job(s), {env['backend']} "
                f"({env['device']})")
 
-    def progress(result, done, total):
-        click.echo(f"[{done:>{len(str(total))}}/{total}] {result['status']:<5} {result['id']} "
+    def progress(result, n, total):
+        done[result["id"]] = result
+        click.echo(f"[{n:>{len(str(total))}}/{total}] {result['status']:<5} {result['id']} "
                    f"({result['duration_s']:.1f}s)" + (f": {result['failure']['kind']}" if result["failure"] else ""))
+        write("running")
 
-    results = run_cases(cases, jobs=jobs, timeout=timeout, snapshots=snapshots_dir, golden_key=key,
-                        update=update_snapshots, on_result=progress)
-    run = {"run_id": run_id, "environment": env, "command": sys.argv[1:], "summary": report.counts(results),
-           "duration_s": round(time.perf_counter() - started, 3), "cases": results}
-    out = report.write_reports(Path(reports_dir), run)
-    click.echo()
-    click.echo(report.summary_table(results))
-    if update_snapshots:
-        updates = [c["detail"] for r in results for c in r["checks"] if c["name"] == "golden"
-                   and c["status"] == "pass" and not c["detail"].startswith("unchanged")]
-        unchanged = sum(c["detail"].startswith("unchanged") for r in results for c in r["checks"]
-                        if c["name"] == "golden")
-        click.echo(f"\ngoldens: {len(updates)} written, {unchanged} unchanged")
-        for line in updates:
-            click.echo(f"  {line}")
+    with stop_on_signals(stop):
+        write("running")
+        results = run_cases(cases, jobs=jobs, timeout=timeout, snapshots=snapshots_dir, golden_key=key,
+                            update=update_snapshots, on_result=progress, logs=logs, stop=stop, timing=timing)
+        done.update((r["id"], r) for r in results)
+        interrupted = stop.is_set()
+        run = write("interrupted" if interrupted else "complete", stop.reason if interrupted else None)
+        if not any(logs.iterdir()):
+            logs.rmdir()
+        click.echo()
+        click.echo(report.summary_table(results))
+        click.echo()
+        click.echo(report.skipped_line(results))
+        if update_snapshots:
+            click.echo(_golden_updates(results))
+        if report.timing_line(run):
+            click.echo(report.timing_line(run))
+        ending = f"; interrupted by {stop.reason}" if interrupted else ""
+        click.echo(f"{report.counts_line(run['summary'])} in {run['duration_s']:.1f}s{ending}; reports in {out}")
     c = run["summary"]
-    click.echo(f"\n{c['pass']} passed, {c['fail']} failed, {c['error']} errors in {run['duration_s']:.1f}s; "
-               f"reports in {out}")
-    sys.exit(0 if c["fail"] == c["error"] == 0 else 1)
+    sys.exit(EXIT_INTERRUPTED if interrupted else 0 if c["fail"] == c["error"] == 0 else 1)
+
+
+def _golden_updates(results) -> str:
+    """What --update-snapshots did: goldens written (with what changed in each) and left untouched."""
+    golden_checks = [c for r in results for c in r["checks"] if c["name"] == "golden" and c["status"] == "pass"]
+    written = [c["detail"] for c in golden_checks if not c["detail"].startswith("unchanged")]
+    unchanged = len(golden_checks) - len(written)
+    return "\n".join([f"goldens: {len(written)} written, {unchanged} unchanged"] + [f"  {w}" for w in written])

@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from ...fixtures import FIXTURES
-from ..judge.golden import write_atomic
 from ..judge.checks import EXPLANATIONS
+from ..judge.golden import GoldenError, write_atomic
 from ..model import DEFAULT_VARIANTS, TRAINERS, VARIANTS
 from ..project import ConfigError, load_config
 from ..run.launch import DEFAULT_TIMEOUT
@@ -17,7 +17,8 @@ from ..tools import bisect as bisect_mod
 from ..tools import release_bisect
 from ..tools import triage as triage_mod
 from ..tools.versions import VersionError, library_version
-from .common import check_names, fail_usage, filter_options, main, project_config, resolve_target, select_cases
+from .common import (SECONDS, check_names, fail_usage, filter_options, main, project_config, resolve_target,
+                     select_cases)
 from .sweep import release_source_options
 
 
@@ -30,7 +31,7 @@ from .sweep import release_source_options
 @click.option("--steps", type=click.IntRange(1, 1000), help="Steps.  [default: the project's, else 3]")
 @click.option("--snapshots", "snapshots_dir", type=click.Path(file_okay=False),
               help="Golden snapshot folder.  [default: the project's, else snapshots/ in the project root]")
-@click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True, type=float, help="Seconds per run.")
+@click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True, type=SECONDS, help="Seconds per run.")
 @click.option("--target-version", help="Triage this released version of the target's library (installed aside).")
 @release_source_options
 def triage_command(target, trainer, fixture, variant, scenario, steps, snapshots_dir, timeout, target_version,
@@ -57,8 +58,11 @@ def triage_command(target, trainer, fixture, variant, scenario, steps, snapshots
 
     snapshots = Path(snapshots_dir) if snapshots_dir else project_config().snapshots
     with tempfile.TemporaryDirectory(prefix="mlxth-triage-") as tmp:
-        original, rungs = triage_mod.triage(case, snapshots, Path(tmp), timeout, target_obj.golden_key,
-                                            on_rung=progress)
+        try:
+            original, rungs = triage_mod.triage(case, snapshots, Path(tmp), timeout, target_obj.golden_key,
+                                                on_rung=progress)
+        except GoldenError as err:
+            fail_usage(str(err))
     click.echo()
     click.echo(triage_mod.diagnosis(original, rungs))
     sys.exit(0 if any(r["flips"] or r.get("clears") for r in rungs) else 1)

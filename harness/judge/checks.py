@@ -45,6 +45,11 @@ EXPLANATIONS = {
     "preflight": "what the target prepared cannot train correctly (a reference that is the policy, nothing "
                  "trainable)",
     "config-drift": "the trainer's resolved configuration differs from the golden's: a default or a mapping changed",
+    "contract": "the target broke the target interface (harness/target.py): a method returned what the harness "
+                "cannot read",
+    "bad-golden": "the golden snapshot cannot be read, or holds nothing to compare",
+    "interrupted": "the run was stopped (SIGINT or SIGTERM) while this case ran",
+    "not-run": "the run was stopped before this case started",
 }
 
 
@@ -52,14 +57,15 @@ def _check(name, ok, detail, kind=None):
     return {"name": name, "status": "pass" if ok else "fail", "detail": detail, "kind": None if ok else kind}
 
 
-def skipped(name, detail):
-    return {"name": name, "status": "skip", "detail": detail, "kind": None}
+def skipped(name, detail, reason=None):
+    """A check that could not be made; ``reason`` (default ``detail``) is what the run's summary counts."""
+    return {"name": name, "status": "skip", "detail": detail, "kind": None, "reason": reason or detail}
 
 
 def completes(records, error, steps):
     if error is not None:
-        where = f"step {error['step']}: " if error.get("step") is not None else ""
-        return _check("completes", False, f"{where}{error['message']}", error["kind"])
+        at = f"step {error['step']}: " if error.get("step") is not None else ""
+        return _check("completes", False, f"{at}{error['message']}", error["kind"])
     return _check("completes", len(records) == steps, f"{len(records)}/{steps} steps", "exception")
 
 
@@ -147,12 +153,19 @@ def analytic(case, records, hp, tolerances):
     return _check("analytic", ok, f"{why}: step 1 loss {first!r}, expected {expected!r} +- {tol:g}", "analytic-mismatch")
 
 
+def _same(a, b) -> bool:
+    """Equal, counting NaN as equal to NaN: a NaN reproduced is reproduced (``finite`` reports it)."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
+
+
 def reproducible(records, rerun, rerun_error):
     if rerun_error is not None:
         return _check("reproducible", False, f"the rerun failed: {rerun_error['message']}", "not-reproducible")
     for a, b in zip(records, rerun):
         for key in a:
-            if a[key] != b.get(key):
+            if not _same(a[key], b.get(key)):
                 return _check("reproducible", False,
                               f"step {a['step']}: {key} {a[key]!r} then {b.get(key)!r}", "not-reproducible")
     return _check("reproducible", len(records) == len(rerun), "rerun bitwise identical", "not-reproducible")
@@ -210,7 +223,7 @@ def conclude(result):
     if error is not None:
         result["status"] = "error"
         kind = error["kind"]
-        result["failure"] = {"kind": kind, "check": "completes", "message": error["message"],
+        result["failure"] = {"kind": kind, "check": error.get("check", "completes"), "message": error["message"],
                              "explanation": EXPLANATIONS.get(kind, "")}
     elif failed:
         result["status"] = "fail"

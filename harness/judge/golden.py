@@ -11,7 +11,7 @@ here; the measurements behind each tier are in the README.
 import json
 import math
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,9 @@ from . import checks
 SPLIT_SETTINGS = ("batch_size", "grad_accumulation_steps", "ranks", "steps")
 # Values that are not numerics of the trainer.
 NOT_COMPARED = ("step", "learning_rate")
+
+
+NO_GOLDEN = "no golden recorded: run with --update-snapshots"
 
 
 def golden_path(root, backend, target, trainer, fixture, variant, scenario="") -> Path:
@@ -107,19 +110,71 @@ def describe_change(old: dict, new: dict) -> str:
                                    or "same numbers")
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class GoldenError(ValueError):
+    """A golden that cannot be read or holds nothing to compare; the message names the file."""
+
+
 def read(path: Path) -> dict:
+    """The golden at ``path``, checked to hold an environment and step records with values to compare."""
     try:
-        return json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"golden {path}: line {err.lineno}: invalid JSON ({err.msg})") from None
+        raise GoldenError(f"golden {path}: line {err.lineno}: invalid JSON ({err.msg})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise GoldenError(f"golden {path}: cannot be read ({getattr(err, 'strerror', None) or err})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("environment"), dict) \
+            or not isinstance(data.get("steps"), list):
+        raise GoldenError(f"golden {path}: not a golden trace (expected an object with 'environment' and 'steps')")
+    if not data["steps"]:
+        raise GoldenError(f"golden {path}: holds no steps")
+    for i, record in enumerate(data["steps"], 1):
+        if not isinstance(record, dict):
+            raise GoldenError(f"golden {path}: step record {i} is {type(record).__name__}, not an object")
+        if not any(_number(v) for k, v in record.items() if k not in NOT_COMPARED):
+            raise GoldenError(f"golden {path}: step record {i} holds no number to compare "
+                              f"(keys: {', '.join(record) or 'none'})")
+    return data
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a reader, or a run killed
+    half-way, sees the old file or the new one.  The file gets the usual mode (0o666 less the umask)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def unwritable(path: Path):
+    """Why a file could not be written at ``path`` (folders created as needed), or None.
+
+    Tried for real (a probe file in the nearest existing folder): permission bits say nothing for root."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        return f"{path} is not a file"
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    probe = folder / f".mlxth-probe.{os.getpid()}.{secrets.token_hex(4)}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as err:
+        return f"cannot write in {folder} ({err.strerror})"
+    probe.unlink()
+    return None
 
 
 @dataclass(frozen=True)
@@ -236,25 +291,31 @@ def apply_golden(result: dict, root: Path, golden_key: str, update: bool) -> dic
                        case["variant"], case.get("scenario", ""))
     others_pass = result["status"] == "pass"
     extra = []
-    if update and others_pass:
-        text = dumps(trace_of(result))
-        if not path.exists():
-            detail = f"new golden written to {path}"
-        elif path.read_text() == text:
-            detail = f"unchanged: {path}"
+    try:
+        if update and others_pass:
+            text = dumps(trace_of(result))
+            if not path.exists():
+                detail = f"new golden written to {path}"
+            elif path.read_text() == text:
+                detail = f"unchanged: {path}"
+            else:
+                detail = f"rewritten {path}: {describe_change(read(path), trace_of(result))}"
+            if not detail.startswith("unchanged"):
+                write_atomic(path, text)
+            check = {"name": "golden", "status": "pass", "kind": None, "detail": detail}
+        elif path.exists() and ranks > 1:
+            check = data_parallel_check(read(path), result)
+        elif path.exists():
+            golden = read(path)
+            check = compare(golden, result)
+            extra.append(config_check(golden, result))
         else:
-            detail = f"rewritten {path}: {describe_change(read(path), trace_of(result))}"
-        if not detail.startswith("unchanged"):
-            write_atomic(path, text)
-        check = {"name": "golden", "status": "pass", "kind": None, "detail": detail}
-    elif path.exists() and ranks > 1:
-        check = data_parallel_check(read(path), result)
-    elif path.exists():
-        golden = read(path)
-        check = compare(golden, result)
-        extra.append(config_check(golden, result))
-    else:
-        check = checks.skipped("golden", f"no golden at {path} (run with --update-snapshots to record one)")
+            check = checks.skipped("golden", f"no golden at {path} (run with --update-snapshots to record one)",
+                                   NO_GOLDEN)
+    except (GoldenError, OSError) as err:  # this case's error; the run goes on
+        message = str(err) if isinstance(err, GoldenError) else f"golden {path}: cannot be written ({err.strerror})"
+        result["error"] = {"kind": "bad-golden", "message": message, "step": None, "check": "golden"}
+        check = {"name": "golden", "status": "fail", "kind": "bad-golden", "detail": message}
     if update and not others_pass:
         check["detail"] += " (not updated: the case fails other checks)"
     result["checks"] = [c for c in result["checks"] if c["name"] not in ("golden", "config")] + [check] + extra

@@ -1,4 +1,4 @@
-"""Start cases in worker processes: one path for 1..K ranks, and a run of many cases.
+"""Start cases in worker processes of their own: one path for 1..K ranks; every process group tracked.
 
 A case of one rank is one plain worker process; a case of K ranks is started
 by MLX's own launcher, ``mlx.launch`` (``ring`` on 127.0.0.1 here and in CI,
@@ -6,7 +6,9 @@ by MLX's own launcher, ``mlx.launch`` (``ring`` on 127.0.0.1 here and in CI,
 Either way each rank writes its files into the case's scratch folder and
 ``ranks.judge`` builds the result from them.  Nothing here can hang the run:
 the process is polled against a deadline and its process group is killed on
-the way out, whatever happened.
+the way out, whatever happened.  Every group started here (these, and the
+pool's workers) is registered until reaped, so that ``kill_all`` can stop
+them at once when the run is interrupted.
 """
 
 import json
@@ -17,16 +19,13 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import mlx.core as mx
 
-from ..judge import golden
-from .ranks import judge
+from .ranks import judge, log_excerpt
 
 DEFAULT_TIMEOUT = 300
 LAUNCH_HOSTS_ENV = "MLXTH_LAUNCH_HOSTS"
@@ -35,6 +34,48 @@ WORKER = "mlxth.harness.run.worker"
 
 _ports_lock = threading.Lock()
 _ports_given: set = set()
+_live_lock = threading.Lock()
+_live: set = set()  # started process groups not reaped yet
+
+
+def spawn(cmd, **kwargs) -> subprocess.Popen:
+    """Start ``cmd`` as the leader of a new process group, registered for ``kill_all``."""
+    with _live_lock:
+        proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+        _live.add(proc)
+    return proc
+
+
+def kill_group(proc) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def stop_process(proc) -> int:
+    """Kill ``proc``'s process group, reap it and forget it; its exit status."""
+    kill_group(proc)
+    status = proc.wait()
+    with _live_lock:
+        _live.discard(proc)
+    return status
+
+
+def kill_all() -> int:
+    """Kill every registered process group now (the run was interrupted); how many there were.
+
+    Safe in a signal handler: the groups are killed, not reaped (their owners reap them)."""
+    with _live_lock:
+        procs = [p for p in _live if p.returncode is None]
+    for proc in procs:
+        kill_group(proc)
+    return len(procs)
+
+
+def live_groups() -> int:
+    with _live_lock:
+        return sum(1 for p in _live if p.returncode is None)
 
 
 def launcher() -> list:
@@ -99,41 +140,41 @@ def _lower_priority(pid: int) -> None:
         pass
 
 
-def _kill_group(proc) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def run_process(case, timeout: float, workdir: Path, mode: str = "check", backend: str = "", hosts: str = "") -> dict:
-    """Run ``case`` in worker processes, one per rank (``mode``: see ``worker``); return its result.
-
-    One rank is one plain process; more are started through mlx.launch.  Both
-    leave the same files, judged the same way (``ranks.judge``).
-    """
-    stem = case.id.replace("/", "__")
-    outdir = Path(workdir) / f"{stem}.{mode}"
+def case_folder(case, workdir: Path, mode: str) -> Path:
+    """The case's empty scratch folder, holding only ``case.json`` (what a worker reads)."""
+    outdir = Path(workdir) / f"{case.id.replace('/', '__')}.{mode}"
     if outdir.exists():
         shutil.rmtree(outdir)
     outdir.mkdir(parents=True)
+    (outdir / "case.json").write_text(json.dumps(case.to_dict()))
+    return outdir
+
+
+def run_process(case, timeout: float, workdir: Path, mode: str = "check", backend: str = "", hosts: str = "",
+                log_path=None, stop=None) -> dict:
+    """Run ``case`` in worker processes, one per rank (``mode``: see ``worker``); return its result.
+
+    One rank is one plain process; more are started through mlx.launch.  Both
+    leave the same files, judged the same way (``ranks.judge``).  The output
+    goes to ``log_path`` (default: the case's folder); only its tail is read
+    back.  Returns None when ``stop`` was set meanwhile (the run was interrupted).
+    """
+    outdir = case_folder(case, workdir, mode)
     case_path = outdir / "case.json"
-    case_path.write_text(json.dumps(case.to_dict()))
     ranks = case.settings.ranks
     if ranks > 1:
         cmd = launch_command(case_path, outdir, mode, ranks, backend or default_backend(), free_port_block(ranks),
                              hosts)
     else:
         cmd = [sys.executable, "-m", WORKER, str(case_path), str(outdir), mode]
-    log_path = outdir / "launcher.log"
+    log_path = Path(log_path) if log_path else outdir / "launcher.log"
     started = time.perf_counter()
     timed_out, lowered = False, ranks == 1
     with open(log_path, "w") as log:
         # stdin: a pipe left open and empty (the launcher polls its stdin; /dev/null would make it spin).
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=outdir)
+        proc = spawn(cmd, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, cwd=outdir)
         try:
-            while proc.poll() is None:
+            while proc.poll() is None and not (stop is not None and stop.is_set()):
                 if time.perf_counter() - started > timeout:
                     timed_out = True
                     break
@@ -142,26 +183,9 @@ def run_process(case, timeout: float, workdir: Path, mode: str = "check", backen
                     lowered = True
                 time.sleep(0.05)
         finally:
-            _kill_group(proc)  # a hung run, or ranks the launcher left behind
-            proc.wait()
+            stop_process(proc)  # a hung run, or ranks the launcher left behind
             proc.stdin.close()
+    if stop is not None and stop.is_set():
+        return None
     duration = time.perf_counter() - started
-    return judge(case, outdir, log_path.read_text(errors="replace"), timed_out, duration, timeout, proc.returncode)
-
-
-def run_cases(cases, *, jobs=1, timeout=DEFAULT_TIMEOUT, snapshots=None, golden_key=None, update=False,
-              on_result=None):
-    """Run ``cases`` (``jobs`` at a time), each held to its golden under ``snapshots``; return the
-    results in the cases' order.  ``on_result(result, done, total)`` follows each case."""
-    results = {}
-    with tempfile.TemporaryDirectory(prefix="mlxth-") as tmp, ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(run_process, case, timeout, Path(tmp)): case for case in cases}
-        for future in as_completed(futures):
-            case = futures[future]
-            result = future.result()
-            if snapshots is not None:
-                result = golden.apply_golden(result, Path(snapshots), golden_key or case.target, update)
-            results[case.id] = result
-            if on_result is not None:
-                on_result(result, len(results), len(cases))
-    return [results[c.id] for c in cases]
+    return judge(case, outdir, log_excerpt(log_path), timed_out, duration, timeout, proc.returncode)

@@ -22,6 +22,34 @@ _NODE_EXIT = re.compile(r"Node with rank (\d+) exited with code (-?\d+)")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+TAIL_BYTES = 64 * 1024
+
+
+def log_excerpt(path: Path, tail_bytes: int = TAIL_BYTES) -> str:
+    """What ``judge`` needs of a log, in bounded memory: the launcher's lines on how each rank
+    exited (wherever they are) and the last ``tail_bytes`` of the log.  The full log stays on disk."""
+    exits = []
+    try:
+        with open(path, "rb") as fh:
+            carry = b""
+            while chunk := fh.read(1 << 20):
+                lines = (carry + chunk).split(b"\n")
+                carry = lines.pop()[-4096:]  # a line still open: its end says how a rank exited
+                exits += [line[-512:].decode(errors="replace") for line in lines if b"exited with code" in line]
+                del exits[:-256]
+            if b"exited with code" in carry:
+                exits.append(carry[-512:].decode(errors="replace"))
+            size = fh.tell()
+            fh.seek(max(0, size - tail_bytes))
+            tail = fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+    if size > tail_bytes and "\n" in tail:
+        tail = tail.partition("\n")[2]  # drop the line cut in two
+    in_tail = set(tail.splitlines())
+    return "".join(f"{line}\n" for line in exits if line not in in_tail) + tail
+
+
 def _read_json(path: Path):
     try:
         return json.loads(path.read_text())
@@ -29,7 +57,7 @@ def _read_json(path: Path):
         return None
 
 
-def _steps_done(outdir: Path, rank: int) -> int:
+def steps_done(outdir: Path, rank: int) -> int:
     """Steps the rank finished, counting the check mode's rerun after the checked run."""
     try:
         return len((outdir / f"rank{rank}.steps").read_text().split())
@@ -37,7 +65,7 @@ def _steps_done(outdir: Path, rank: int) -> int:
         return 0
 
 
-def _where(done: int, steps: int) -> str:
+def where(done: int, steps: int) -> str:
     """Where a rank that finished ``done`` steps stopped, e.g. 'in step 2' or 'in step 1 of the rerun'."""
     run, step = divmod(done, steps)
     if run >= 1 and step == 0:
@@ -90,11 +118,11 @@ def judge(case, outdir: Path, log_text: str, timed_out: bool, duration: float, t
     if ranks == 1 and returncode is not None:
         exits.setdefault(0, returncode)
     steps = case.settings.steps
-    summary = [{"rank": r, "started": (outdir / f"rank{r}.started").exists(), "steps_done": _steps_done(outdir, r),
+    summary = [{"rank": r, "started": (outdir / f"rank{r}.started").exists(), "steps_done": steps_done(outdir, r),
                 "status": (infos[r] or {}).get("status", "died"), "exit": exits.get(r)} for r in range(ranks)]
     tail = " | ".join(log_text.strip().splitlines()[-3:])
     rank_info = summary if ranks > 1 else None  # a one-process case has no ranks to report
-    at = ", ".join(f"rank {s['rank']} stuck {_where(s['steps_done'], steps)}" if s["started"]
+    at = ", ".join(f"rank {s['rank']} stuck {where(s['steps_done'], steps)}" if s["started"]
                    else f"rank {s['rank']} never started" for s in summary)
     if timed_out:
         return error_result(case, "timeout", f"no result after {timeout:g} s (killed); {at}",
@@ -105,7 +133,7 @@ def judge(case, outdir: Path, log_text: str, timed_out: bool, duration: float, t
     # another rank failed; a rank that raised is the culprit of the ranks stopped after it.
     culprits = [s for s in missing if s["exit"] != SIGTERM_STATUS] or ([] if failed else missing)
     if culprits:
-        died = "; ".join(f"rank {s['rank']} died {_where(s['steps_done'], steps)} ({_how(s['exit'])})"
+        died = "; ".join(f"rank {s['rank']} died {where(s['steps_done'], steps)} ({_how(s['exit'])})"
                          for s in culprits)
         stopped = [s["rank"] for s in missing if s not in culprits]
         note = f"; mlx.launch stopped rank(s) {', '.join(map(str, stopped))}" if stopped else ""

@@ -38,6 +38,7 @@ from ..judge.golden import check_tolerances
 from ..model import Case, with_setting
 from ..target import load_target
 from ..user_model import load_case_model
+from .contract import ContractError, step_record
 from .modes import ForcedMode, ModeProbe
 from .oracle import StepOracle, load_reference
 
@@ -64,7 +65,15 @@ def _load(case: Case):
     return model, tokenizer, rows
 
 
+class PreflightError(RuntimeError):
+    """What the target prepared cannot train correctly; no step is taken."""
+
+
 def classify_exception(err: BaseException) -> str:
+    if isinstance(err, PreflightError):
+        return "preflight"
+    if isinstance(err, ContractError):
+        return "contract"
     if isinstance(err, (ImportError, SyntaxError)):
         return "import-error"
     if VJP_MISSING in str(err):
@@ -99,38 +108,45 @@ def run_once(case: Case, probe: bool, oracle: bool = False, on_step=None):
             contexts.enter_context(ForcedMode(model, mode == "force-train"))
     if probe_ctx is not None:  # inside the forced mode: it observes what the forced run does
         contexts.enter_context(probe_ctx)
+    where = "version()"  # what the target was doing, for an error's message
     try:
         obs["target_version"] = target.version()
         if oracle:
             config = {"use_fused_kernel": False} if "kernel-off" in case.interventions else None
             oracle_reference = load_reference(case, config)
+        where = "prepare()"
         run = target.prepare(case.trainer, model, tokenizer, rows, case.settings)
         obs["trainable_keys"] = [k for k, _ in tree_flatten(model.trainable_parameters())]
         obs["before"] = _snapshot(model)
         obs["reference"] = run.reference_model
         obs["reference_before"] = _snapshot(obs["reference"])
+        where = "hyperparameters()"
         obs["hp"] = hp = _hyperparameters(run, case)
+        where = "preflight"
         problems = companions.preflight(model, obs["reference"])
         if problems:
             raise PreflightError("; ".join(problems))
         if oracle:
             step_oracle = StepOracle(case, model, tokenizer, run, hp, oracle_reference)
         for k in range(1, case.settings.steps + 1):
+            where = f"step {k}"
             if step_oracle is not None:
                 step_oracle.before(k)
             record = run.step()
-            if not isinstance(record, dict):
-                raise TypeError(f"step() returned {type(record).__name__}, not a dict of the step's loss and metrics")
             if k == 1:  # for tensors a target creates inside its first step (LoRA added by train())
                 obs["after_first"] = _snapshot(model)
-            records.append({"step": k, **{key: _plain(v) for key, v in record.items() if key != "step"}})
+            records.append(step_record(record, k))
             if step_oracle is not None:
                 step_oracle.after(k, records[-1], check_tolerances(environment(), case.settings.dtype))
             if on_step is not None:
                 on_step(records[-1])
     except Exception as err:  # noqa: BLE001 - any failure of the target is this case's result
-        error = {"kind": classify_exception(err), "message": f"{type(err).__name__}: {err}",
-                 "step": len(records) + 1, "traceback": traceback.format_exc(limit=8)}
+        in_step = where.startswith("step")
+        message = f"{type(err).__name__}: {err}" if in_step else f"{where} raised {type(err).__name__}: {err}"
+        if isinstance(err, PreflightError):
+            message = str(err)
+        error = {"kind": classify_exception(err), "message": message, "step": len(records) + 1 if in_step else None,
+                 "where": where, "traceback": traceback.format_exc(limit=8)}
     finally:
         contexts.close()
     if step_oracle is not None:
@@ -141,16 +157,6 @@ def run_once(case: Case, probe: bool, oracle: bool = False, on_step=None):
     return records, error, obs
 
 
-class PreflightError(RuntimeError):
-    """What the target prepared cannot train correctly; no step is taken."""
-
-
-def _plain(value):
-    if isinstance(value, mx.array):
-        value = value.item()
-    return value
-
-
 def _trainable_weights(model) -> dict:
     return dict(tree_flatten(model.trainable_parameters()))
 
@@ -158,9 +164,9 @@ def _trainable_weights(model) -> dict:
 def _companions(case: Case, records, obs) -> list:
     """The checks that need other runs: the scenario's knobs, and the one-batch run of a split case."""
     spec = case.spec
-    out = [companions.coverage(spec.expects if spec else (), records)]
     if spec is None:
-        return out
+        return []
+    out = [companions.coverage(spec.expects, records)] if spec.expects else []
     final = dict(tree_flatten(obs["model"].parameters()))
     if spec.knobs:
         varied = []
@@ -201,8 +207,6 @@ def run_case(case: Case, on_step=None, observe=None) -> dict:
         result["target_version"] = obs["target_version"]
     if obs.get("hp"):
         result["config"] = json_safe(obs["hp"])
-    if error is not None and error["message"].startswith("PreflightError"):
-        error["kind"], error["step"] = "preflight", None
     add = result["checks"].append
     add(checks.completes(records, error, case.settings.steps))
     if obs.get("probe") is not None:

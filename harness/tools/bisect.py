@@ -106,6 +106,15 @@ def _export_goldens(repo, rev, dest: Path, folder: str = "snapshots"):
     return dest
 
 
+def resolve(repo, rev: str, option: str) -> str:
+    """The commit ``rev`` names in ``repo``; a one-line error naming the option otherwise."""
+    out = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", "--end-of-options",
+                          f"{rev}^{{commit}}"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{option} {rev!r} is not a commit in {repo}")
+    return out.stdout.strip()
+
+
 def ends_message(old, new, old_entry, new_entry, direction):
     """Why there is nothing to bisect, or None.  ``direction`` is what was asked for (None: either way);
     ``new_entry`` is None when the old end already settled it."""
@@ -130,8 +139,13 @@ def bisect(repo, old, new, run_args, kinds=(), direction=None, goldens_folder="s
     the golden folder, relative to the repository's root.
     """
     repo = Path(repo).resolve()
-    git(repo, "rev-parse", "--git-dir")
-    old_sha, new_sha = git(repo, "rev-parse", f"{old}^{{commit}}"), git(repo, "rev-parse", f"{new}^{{commit}}")
+    if subprocess.run(["git", "-C", str(repo), "rev-parse", "--git-dir"], capture_output=True).returncode != 0:
+        raise RuntimeError(f"--repo {repo} is not a git repository")
+    names = ("--from", "--to") if direction is None else ("--good", "--bad")
+    old_sha, new_sha = resolve(repo, old, names[0]), resolve(repo, new, names[1])
+    if old_sha == new_sha:
+        raise RuntimeError(f"{names[0]} {old} and {names[1]} {new} are the same commit ({old_sha[:10]}): "
+                           "nothing to bisect")
     steps = []
     with tempfile.TemporaryDirectory(prefix="mlxth-bisect-") as tmp:
         tmp = Path(tmp)

@@ -63,18 +63,25 @@ def test_usage_errors_exit_2_with_a_reason(tmp_path, args, reason):
     assert report is None
 
 
+def _empty(tmp_path):
+    folder = tmp_path / "empty"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
 def test_strict_mode_without_golden_exits_2(tmp_path):
     result, _ = _run(tmp_path, "--trainer", "dpo", "--fixture", "tiny-llama", "--scenario", "plain", "--strict",
-                     snapshots=tmp_path / "empty")
+                     snapshots=_empty(tmp_path))
     assert result.exit_code == 2
     assert "--strict: no golden for 1 case(s), first reference/dpo/tiny-llama/fp32" in result.output
 
 
 def test_missing_golden_is_reported_not_failed_outside_strict_mode(tmp_path):
-    result, report = _run(tmp_path, "--trainer", "simpo", "--fixture", "tiny-llama", "--scenario", "plain", snapshots=tmp_path / "empty")
+    result, report = _run(tmp_path, "--trainer", "simpo", "--fixture", "tiny-llama", "--scenario", "plain", snapshots=_empty(tmp_path))
     assert result.exit_code == 0
     golden = next(c for c in report["cases"][0]["checks"] if c["name"] == "golden")
     assert golden["status"] == "skip" and "--update-snapshots" in golden["detail"]
+    assert "golden: 1 skipped, no golden recorded: run with --update-snapshots" in result.output
 
 
 def test_update_snapshots_writes_goldens_and_never_for_failing_cases(tmp_path):
@@ -166,7 +173,7 @@ def test_unseeded_randomness_is_not_reproducible(tmp_path):
 
 def test_off_by_one_mask_is_a_loss_mismatch(tmp_path):
     result, report = _run(tmp_path, "--target", f"{PLANTED}:OffByOneMask", "--trainer", "simpo",
-                          "--fixture", "tiny-llama", "--scenario", "plain", snapshots=tmp_path / "none")
+                          "--fixture", "tiny-llama", "--scenario", "plain", snapshots=_empty(tmp_path))
     assert result.exit_code == 1
     failure = report["cases"][0]["failure"]
     assert failure["kind"] == "loss-mismatch", failure
