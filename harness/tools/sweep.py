@@ -17,7 +17,7 @@ from tabulate import tabulate
 
 from ..judge.golden import write_atomic
 from ..model import Case, case_settings
-from ..run.launch import run_cases
+from ..run.runner import run_cases
 from .versions import VersionError, library_version
 
 NOT_OFFERED = "not offered"
