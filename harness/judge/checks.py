@@ -177,10 +177,11 @@ def recompute(recomputed, skip_reason, records, tolerances):
         why = skip_reason or "no independent formula for this trainer/target"
         return [skipped("loss-recompute", why), skipped("metric-recompute", why)]
     rtol, atol = tolerances["recompute_rtol"], tolerances["recompute_atol"]
+    metric_atol = tolerances.get("metric_atol", atol)
     by_step = {r["step"]: r for r in records}
 
-    def off(reported, expected):
-        return not (isinstance(reported, (int, float)) and abs(reported - expected) <= atol + rtol * abs(expected))
+    def off(reported, expected, floor=atol):
+        return not (isinstance(reported, (int, float)) and abs(reported - expected) <= floor + rtol * abs(expected))
 
     loss_bad = metric_bad = None
     compared, worst = set(), 0.0
@@ -193,7 +194,7 @@ def recompute(recomputed, skip_reason, records, tolerances):
         for key, expected in item["metrics"].items():
             if key in record:
                 compared.add(key)
-                if metric_bad is None and off(record[key], expected):
+                if metric_bad is None and off(record[key], expected, metric_atol):
                     metric_bad = (item["step"], key, record[key], expected)
     steps = f"steps {recomputed[0]['step']}-{recomputed[-1]['step']}"
     if loss_bad:
@@ -206,7 +207,7 @@ def recompute(recomputed, skip_reason, records, tolerances):
     if metric_bad:
         step, key, reported, expected = metric_bad
         metric = _check("metric-recompute", False, f"step {step}: {key} reported {reported!r}, standard "
-                                                   f"definition {expected:.7g} (rtol {rtol:g}, atol {atol:g})",
+                                                   f"definition {expected:.7g} (rtol {rtol:g}, atol {metric_atol:g})",
                         "metric-mismatch")
     elif compared:
         metric = _check("metric-recompute", True, f"{steps}: {', '.join(sorted(compared))} as defined")

@@ -103,9 +103,10 @@ def dead_knobs(base_records, base_weights, varied) -> dict:
     return _check("dead-knob", True, detail + (f"; refused: {', '.join(refused)}" if refused else ""))
 
 
-def equivalence(trainer, label, golden_label, golden_steps, golden_weights, steps, weights, initial) -> dict:
+def equivalence(trainer, label, golden_label, golden_steps, golden_weights, steps, weights, initial,
+                backend="cpu") -> dict:
     """The split run (``steps``, ``weights``) against the one-batch run (``golden_*``)."""
-    tol = equivalence_tolerance(trainer)
+    tol = equivalence_tolerance(trainer, backend)
     drift = first_divergence(golden_steps, steps, tol.rtol, tol.atol, compared_keys(golden_steps))
     if drift is not None:
         step, key, expected, actual = drift

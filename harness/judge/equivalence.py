@@ -167,7 +167,7 @@ def run_class(cls: EquivalenceClass, trainer: str, fixture: str, workdir: Path, 
             results[i] = run_process(cases[i], timeout, workdir, "trace")
 
     initial = _initial_weights(fixture)
-    tol = equivalence_tolerance(trainer)
+    tol = equivalence_tolerance(trainer, results[0]["environment"]["backend"] if results[0] else "cpu")
     members, out_checks, differences = [], [], {}
     for m, case, result in zip(cls.members, cases, results):
         weights = Path(workdir) / f"{case.id.replace('/', '__')}.trace" / "weights.safetensors"

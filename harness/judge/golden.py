@@ -61,8 +61,9 @@ def check_tolerances(env: dict, dtype: str) -> dict:
     """Tolerances of the analytic and loss-recompute checks for a backend and dtype."""
     if dtype != "float32":
         return {"analytic_atol": 2e-2, "recompute_rtol": 1e-3, "recompute_atol": 1e-4, "gradient_rtol": 5e-2}
-    if env["backend"] != "cpu":
-        return {"analytic_atol": 2e-4, "recompute_rtol": 3e-3, "recompute_atol": 1e-4, "gradient_rtol": 1e-2}
+    if env["backend"] != "cpu":  # rewards/* are beta x differences of log-probs of ~30: TF32 leaves ~1e-3 there
+        return {"analytic_atol": 2e-4, "recompute_rtol": 3e-3, "recompute_atol": 1e-4, "gradient_rtol": 1e-2,
+                "metric_atol": 5e-3}
     return {"analytic_atol": 1e-6, "recompute_rtol": 1e-4, "recompute_atol": 1e-5, "gradient_rtol": 1e-4}
 
 
@@ -188,10 +189,13 @@ class Tolerance:
 # == k ranks of B/k) are held to this, for every trainer; the measurements
 # and the margin are in the README.
 EQUIVALENCE = Tolerance(rtol=2e-5, atol=5e-6, weights=1e-2)
+# On a GPU (H200, TF32 on): a split step's loss differs by up to 1.3e-4 relative, and GRPO's final
+# weights by 0.6 of the largest update (a sampled token can change with the last bits of a logit).
+EQUIVALENCE_GPU = Tolerance(rtol=1e-3, atol=2e-4, weights=1.5)
 
 
-def equivalence_tolerance(trainer: str) -> Tolerance:
-    return EQUIVALENCE
+def equivalence_tolerance(trainer: str, backend: str = "cpu") -> Tolerance:
+    return EQUIVALENCE if backend == "cpu" else EQUIVALENCE_GPU
 
 
 def compared_keys(steps) -> list:
@@ -265,7 +269,7 @@ def data_parallel_check(golden_trace: dict, result: dict) -> dict:
         why = f"settings {', '.join(changed)} differ" if changed else f"a step of {step_rows} rows, not {golden_rows}"
         return checks.skipped("golden", f"no single-process golden applies to {label}: {why} (the equivalence "
                                         "class checks this trainer's data parallelism)")
-    tol = equivalence_tolerance(trainer)
+    tol = equivalence_tolerance(trainer, result["environment"]["backend"])
     want, unchecked = held_steps(golden_trace["steps"], result)
     drift = first_divergence(want, result["steps"][:len(want)], tol.rtol, tol.atol, compared_keys(want))
     golden_label = f"batch {theirs['batch_size']}" + (f" x accumulation {theirs['grad_accumulation_steps']}"

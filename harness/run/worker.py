@@ -188,7 +188,8 @@ def _companions(case: Case, records, obs) -> list:
             initial, _ = _fixture_model(case)
             out.append(companions.equivalence(case.trainer, label, golden_label, g_records,
                                               _trainable_weights(g_obs["model"]), records,
-                                              _trainable_weights(obs["model"]), _trainable_weights(initial)))
+                                              _trainable_weights(obs["model"]), _trainable_weights(initial),
+                                              environment()["backend"]))
     return out
 
 
