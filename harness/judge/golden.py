@@ -41,8 +41,8 @@ def tolerance(golden_env: dict, env: dict, dtype: str, approximate: bool = False
     if env["backend"] != "cpu" and tf32(golden_env) != tf32(env):
         return 2e-2, 1e-3, (f"fp32 on {env['backend']}, TF32 {'on' if tf32(env) else 'off'} but the golden's "
                             f"{'on' if tf32(golden_env) else 'off'}: TF32 rounds matmul inputs to 10 mantissa bits")
-    if env["backend"] != "cpu":
-        return 1e-3, 1e-5, f"fp32 on {env['backend']}: GPU reductions are not bitwise reproducible"
+    if env["backend"] != "cpu":  # atol: rewards/* are beta x differences of log-probs (H200: up to 7e-5 apart)
+        return 1e-3, 3e-4, f"fp32 on {env['backend']}: GPU reductions are not bitwise reproducible"
     drift = version_drift(golden_env, env)
     if drift:
         return 1e-5, 1e-7, "fp32 on cpu with other library versions (" + "; ".join(drift) + ")"
@@ -189,9 +189,10 @@ class Tolerance:
 # == k ranks of B/k) are held to this, for every trainer; the measurements
 # and the margin are in the README.
 EQUIVALENCE = Tolerance(rtol=2e-5, atol=5e-6, weights=1e-2)
-# On a GPU (H200, TF32 on): a split step's loss differs by up to 1.3e-4 relative, and GRPO's final
-# weights by 0.6 of the largest update (a sampled token can change with the last bits of a logit).
-EQUIVALENCE_GPU = Tolerance(rtol=1e-3, atol=2e-4, weights=1.5)
+# On a GPU (H200, TF32 on): a split step's loss differs by up to 1.3e-4 relative, a reward metric by
+# 2.7e-4, and GRPO's final weights by 0.6 of the largest update (a sampled token can change with the
+# last bits of a logit).
+EQUIVALENCE_GPU = Tolerance(rtol=1e-3, atol=1e-3, weights=1.5)
 
 
 def equivalence_tolerance(trainer: str, backend: str = "cpu") -> Tolerance:
