@@ -318,7 +318,8 @@ def apply_golden(result: dict, root: Path, golden_key: str, update: bool) -> dic
             check = checks.skipped("golden", f"no golden at {path} (run with --update-snapshots to record one)",
                                    NO_GOLDEN)
     except (GoldenError, OSError) as err:  # this case's error; the run goes on
-        message = str(err) if isinstance(err, GoldenError) else f"golden {path}: cannot be written ({err.strerror})"
+        message = (str(err) if isinstance(err, GoldenError)
+                   else f"golden {path}: cannot be written ({err.strerror or err})")
         result["error"] = {"kind": "bad-golden", "message": message, "step": None, "check": "golden"}
         check = {"name": "golden", "status": "fail", "kind": "bad-golden", "detail": message}
     if update and not others_pass:

@@ -34,7 +34,7 @@ WORKER = "mlxth.harness.run.worker"
 
 _ports_lock = threading.Lock()
 _ports_given: set = set()
-_live_lock = threading.Lock()
+_live_lock = threading.RLock()  # re-entrant: the signal handler may run while the main thread holds it
 _live: set = set()  # started process groups not reaped yet
 
 

@@ -146,10 +146,10 @@ def warm(target_spec: str) -> None:
     brings (its architecture, the tokenizer's machinery)."""
     try:
         load_target(target_spec)
-    except Exception:  # noqa: BLE001 - a target that cannot load is each case's error, reported there
+        for name in FIXTURES:
+            load_fixture(name)
+    except Exception:  # noqa: BLE001 - what cannot load is each case's error, reported there
         pass
-    for name in FIXTURES:
-        load_fixture(name)
     gc.collect()
 
 
@@ -177,9 +177,9 @@ def serve(target_spec: str) -> int:
         os.chdir(command["outdir"])
         try:
             worker.main([command["case"], command["outdir"], command["mode"]])
-        except SystemExit as stop:
+        except SystemExit as stop:  # the status a process of its own would end with
             _flush()
-            os._exit(stop.code if isinstance(stop.code, int) else 1)
+            os._exit(0 if stop.code is None else stop.code if isinstance(stop.code, int) else 1)
         except BaseException:  # noqa: BLE001 - as an uncaught exception ends a process of its own
             traceback.print_exc()
             _flush()
