@@ -71,4 +71,8 @@ def run_command(target, trainers, fixtures, models, variants, steps, reports_dir
     c = run["summary"]
     click.echo(f"\n{c['pass']} passed, {c['fail']} failed, {c['error']} errors in {run['duration_s']:.1f}s; "
                f"reports in {out}")
+    unchecked = [ch.get("unchecked_steps", 0) for r in results for ch in r["checks"] if ch["name"] == "golden"]
+    if any(unchecked):
+        click.echo(f"golden: {sum(unchecked)} step(s) of {sum(map(bool, unchecked))} case(s) not checked: "
+                   "more or fewer --steps than their goldens hold")
     sys.exit(0 if c["fail"] == c["error"] == 0 else 1)
