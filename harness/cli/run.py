@@ -126,6 +126,10 @@ def run_command(target, trainers, fixtures, models, variants, scenarios, steps, 
         ending = f"; interrupted by {stop.reason}" if interrupted else ""
         click.echo(f"{report.counts_line(run['summary'])} in {run['duration_s']:.1f}s{ending}; reports in {out}")
     c = run["summary"]
+    unchecked = [ch.get("unchecked_steps", 0) for r in results for ch in r["checks"] if ch["name"] == "golden"]
+    if any(unchecked):
+        click.echo(f"golden: {sum(unchecked)} step(s) of {sum(map(bool, unchecked))} case(s) not checked: "
+                   "more or fewer --steps than their goldens hold")
     sys.exit(EXIT_INTERRUPTED if interrupted else 0 if c["fail"] == c["error"] == 0 else 1)
 
 

@@ -226,27 +226,28 @@ def first_divergence(golden_steps, steps, rtol, atol, keys=None):
 
 
 def held_steps(golden_steps, result: dict):
-    """The golden steps a result is held to, and what is left unchecked: a run of more (or
-    fewer) steps than its golden is compared over the steps both have."""
+    """``(golden steps held to, note, steps not checked)``: a run of more (or fewer) steps than its
+    golden is compared over the steps both have."""
     asked = result["case"]["settings"].get("steps", len(golden_steps))
     n = min(asked, len(golden_steps))
     if asked > n:
-        return golden_steps, f"; {asked - n} step(s) not checked: beyond the golden's {n}"
+        return golden_steps, f"; {asked - n} step(s) not checked: beyond the golden's {n}", asked - n
     if len(golden_steps) > n:
-        return golden_steps[:n], f"; the golden's last {len(golden_steps) - n} step(s) not checked"
-    return golden_steps, ""
+        skipped = len(golden_steps) - n
+        return golden_steps[:n], f"; the golden's last {skipped} step(s) not checked", skipped
+    return golden_steps, "", 0
 
 
 def compare(golden: dict, result: dict, approximate: bool = False):
     """The golden check for a finished case result."""
     env, dtype = result["environment"], result["case"]["settings"]["dtype"]
     rtol, atol, reason = tolerance(golden["environment"], env, dtype, approximate)
-    want, unchecked = held_steps(golden["steps"], result)
+    want, unchecked, count = held_steps(golden["steps"], result)
     diff = first_divergence(want, result["steps"][:len(want)], rtol, atol)
     drift = version_drift(golden["environment"], env)
     note = f" [golden taken with {'; '.join(drift)}]" if drift else ""
     if diff is None:
-        return {"name": "golden", "status": "pass", "kind": None,
+        return {"name": "golden", "status": "pass", "kind": None, "unchecked_steps": count,
                 "detail": f"{len(want)} steps match ({reason}){unchecked}{note}"}
     step, key, expected, actual = diff
     return {"name": "golden", "status": "fail", "kind": "golden-drift",
@@ -271,12 +272,12 @@ def data_parallel_check(golden_trace: dict, result: dict) -> dict:
         return checks.skipped("golden", f"no single-process golden applies to {label}: {why} (the equivalence "
                                         "class checks this trainer's data parallelism)")
     tol = equivalence_tolerance(trainer, result["environment"]["backend"])
-    want, unchecked = held_steps(golden_trace["steps"], result)
+    want, unchecked, count = held_steps(golden_trace["steps"], result)
     drift = first_divergence(want, result["steps"][:len(want)], tol.rtol, tol.atol, compared_keys(want))
     golden_label = f"batch {theirs['batch_size']}" + (f" x accumulation {theirs['grad_accumulation_steps']}"
                                                       if theirs.get("grad_accumulation_steps", 1) > 1 else "")
     if drift is None:
-        return {"name": "golden", "status": "pass", "kind": None,
+        return {"name": "golden", "status": "pass", "kind": None, "unchecked_steps": count,
                 "detail": f"{len(want)} steps of {label} match the golden {golden_label!r} "
                           f"(equivalence tolerance rtol {tol.rtol:g}, atol {tol.atol:g}){unchecked}"}
     step, key, expected, actual = drift

@@ -96,6 +96,8 @@ def test_harness_run_with_more_steps_than_the_goldens(tmp_path):
     result, report = _run(tmp_path, "--trainer", "dpo", "--fixture", "tiny-llama", "--steps", "4", "--strict")
     assert result.exit_code == 0, result.output
     assert "1 step(s) not checked: beyond the golden's 3" in _golden_check(report["cases"][0])["detail"]
+    assert "golden: 1 step(s) of 1 case(s) not checked: more or fewer --steps than their goldens hold" \
+        in result.output
     result, report = _run(tmp_path, "--target", f"{PLANTED_TARGETS}:LossConstant", "--trainer", "dpo",
                           "--fixture", "tiny-llama", "--steps", "4")
     assert result.exit_code == 1
