@@ -185,14 +185,13 @@ def format_report(result) -> str:
     if not result["found"]:
         what = f"first bad {unit}" if result["direction"] == REGRESSION else f"{unit} where the cases flipped"
         return f"bisect found no {what}: " + " ".join(result.get("message", []))
-    kinds = result.get("kinds") or []
-    fail = f"fail with {' or '.join(kinds)}" if kinds else "fail"
-    clean = f"not with {' or '.join(kinds)}" if kinds else "pass"
+    kinds = " or ".join(result.get("kinds") or [])
     if result["direction"] == REGRESSION:
-        lines = [f"first bad {unit}: {result['found']}", f"  a regression: the cases {clean} before it and {fail} "
-                                                          "from it"]
+        how = f"fail with {kinds} from it, not before" if kinds else "pass before it and fail from it"
+        lines = [f"first bad {unit}: {result['found']}", f"  a regression: the cases {how}"]
     else:
-        lines = [f"first good {unit}: {result['found']}", f"  a fix: the cases {fail} before it and {clean} from it"]
+        how = f"fail with {kinds} before it, not from it" if kinds else "fail before it and pass from it"
+        lines = [f"first good {unit}: {result['found']}", f"  a fix: the cases {how}"]
     if unit == "commit":
         lines += [f"  subject: {result['subject']}", f"  author date: {result['author_date']}",
                   f"  files changed: {', '.join(result['files'])}"]
