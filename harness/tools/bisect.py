@@ -165,8 +165,8 @@ def bisect(repo, old, new, run_args, kinds=(), direction=None, goldens_folder="s
                 steps.append(new_entry)
             message = ends_message(old, new, old_entry, new_entry, direction)
             if message:
-                return {"direction": direction, "unit": "commit", "first_bad": None, "first_good": None,
-                        "found": None, "steps": steps, "message": [message]}
+                return {"direction": direction, "unit": "commit", "kinds": list(kinds), "first_bad": None,
+                        "first_good": None, "found": None, "steps": steps, "message": [message]}
             found_direction = REGRESSION if old_entry["verdict"] == "good" else FIX
             term_old, term_new = TERMS[found_direction]
             git(tree, "bisect", "start", f"--term-old={term_old}", f"--term-new={term_new}", new_sha, old_sha)
@@ -177,8 +177,9 @@ def bisect(repo, old, new, run_args, kinds=(), direction=None, goldens_folder="s
             first = git(tree, "rev-parse", "--verify", "-q", f"refs/bisect/{term_new}", check=False)
             steps += [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
             if f"is the first {term_new} commit" not in out.stdout:
-                return {"direction": found_direction, "unit": "commit", "first_bad": None, "first_good": None,
-                        "found": None, "steps": steps, "message": (out.stdout + out.stderr).strip().splitlines()[-3:]}
+                return {"direction": found_direction, "unit": "commit", "kinds": list(kinds), "first_bad": None,
+                        "first_good": None, "found": None, "steps": steps,
+                        "message": (out.stdout + out.stderr).strip().splitlines()[-3:]}
         finally:
             git(tree, "bisect", "reset", check=False)
             git(repo, "worktree", "remove", "--force", str(tree), check=False)
@@ -187,7 +188,7 @@ def bisect(repo, old, new, run_args, kinds=(), direction=None, goldens_folder="s
     files = git(repo, "show", "--name-only", "--format=", first).splitlines()
     # A regression shows what fails at the first bad commit; a fix, what failed before it.
     shown = next((s for s in steps if s["commit"] == first), None) if found_direction == REGRESSION else old_entry
-    return {"direction": found_direction, "unit": "commit", "found": first,
+    return {"direction": found_direction, "unit": "commit", "kinds": list(kinds), "found": first,
             "first_bad": first if found_direction == REGRESSION else None,
             "first_good": first if found_direction == FIX else None,
             "subject": subject, "author_date": date, "files": files,
@@ -199,10 +200,13 @@ def format_report(result) -> str:
     if not result["found"]:
         what = f"first bad {unit}" if result["direction"] == REGRESSION else f"{unit} where the cases flipped"
         return f"bisect found no {what}: " + " ".join(result.get("message", []))
+    kinds = " or ".join(result.get("kinds") or [])
     if result["direction"] == REGRESSION:
-        lines = [f"first bad {unit}: {result['found']}", "  a regression: the cases pass before it and fail from it"]
+        how = f"fail with {kinds} from it, not before" if kinds else "pass before it and fail from it"
+        lines = [f"first bad {unit}: {result['found']}", f"  a regression: the cases {how}"]
     else:
-        lines = [f"first good {unit}: {result['found']}", "  a fix: the cases fail before it and pass from it"]
+        how = f"fail with {kinds} before it, not from it" if kinds else "fail before it and pass from it"
+        lines = [f"first good {unit}: {result['found']}", f"  a fix: the cases {how}"]
     if unit == "commit":
         lines += [f"  subject: {result['subject']}", f"  author date: {result['author_date']}",
                   f"  files changed: {', '.join(result['files'])}"]

@@ -51,8 +51,8 @@ def bisect_releases(target, first, last, selection, kinds=(), direction=None, *,
     if old_entry["verdict"] != "skip" and (direction is None or old_entry["verdict"] == "good"):
         new_entry = test(len(listed) - 1)
     message = ends_message(first, last, old_entry, new_entry, direction)
-    result = {"unit": "release", "direction": direction, "found": None, "first_bad": None, "first_good": None,
-              "releases": listed, "steps": steps_done}
+    result = {"unit": "release", "direction": direction, "kinds": list(kinds), "found": None, "first_bad": None,
+              "first_good": None, "releases": listed, "steps": steps_done}
     if message:
         return {**result, "message": [message]}
     found_direction = REGRESSION if old_entry["verdict"] == "good" else FIX
