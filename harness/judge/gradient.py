@@ -84,9 +84,9 @@ def standard_gradient(trainer, shadow, reference, rows, hp) -> dict:
         return total
 
     was = shadow.training
-    shadow.train()
+    nn.Module.train(shadow, True)  # a copy keeps a target's replaced ``train``: the class's own method
     _, grads = nn.value_and_grad(shadow, linear)(shadow)
-    shadow.train(was)
+    nn.Module.train(shadow, was)
     return dict(tree_flatten(grads))
 
 

@@ -7,6 +7,7 @@ the step; the reference is a fresh load of the fixture.
 """
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 
 from . import formulas
@@ -69,9 +70,9 @@ def recompute_step(trainer: str, policy, reference, rows, hp: dict):
         p, _ = _logps(policy, rows, "completion")
         r, _ = _logps(reference, rows, "completion")
         was = policy.training
-        policy.eval()  # z is a detached estimate: taken as the frozen reference's is, in inference mode
+        nn.Module.train(policy, False)  # z is a detached estimate: taken as the reference's, in inference mode
         pm, _ = _logps(policy, rows, "completion", shift=True)
-        policy.train(was)
+        nn.Module.train(policy, was)
         rm, _ = _logps(reference, rows, "completion", shift=True)
         z = formulas.kto_z(pm, rm)
         labels = [bool(row["label"]) for row in rows]

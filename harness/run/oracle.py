@@ -10,6 +10,7 @@ afterwards from the completions it sampled (``judge.grpo_oracle``).
 import copy
 
 import mlx.core as mx
+import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from ...fixtures import load_fixture
@@ -58,11 +59,13 @@ class StepOracle:
             self.skipped = "the target does not say which rows a step consumes (rows_for_step)"
             return
         was = self.model.training
-        self.model.train()  # the mode the trainer differentiates in; the reference stays in inference mode
+        # The mode the trainer differentiates in (nn.Module's own method: a target may have replaced the
+        # model's); the reference stays in inference mode.
+        nn.Module.train(self.model, True)
         try:
             loss, metrics = recompute_step(self.case.trainer, self.model, self.reference, rows, self.hp)
         finally:
-            self.model.train(was)
+            nn.Module.train(self.model, was)
         self.results.append({"step": k, "loss": loss, "metrics": metrics})
         if k == 1 and self.case.settings.ranks == 1:
             self._before = _params(self.model)
@@ -96,5 +99,5 @@ class StepOracle:
             self._shadows.append(copy.deepcopy(self.model))
         shadow = self._shadows[slot]
         shadow.update(tree_unflatten(list(params.items())))
-        shadow.train()  # the policy's log-probs are taken in training mode, as the trainer takes them
+        nn.Module.train(shadow, True)  # the policy's log-probs in training mode, as the trainer takes them
         return shadow

@@ -34,7 +34,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 CATALOGUE = Path(__file__).with_name("mutants.toml")
-TRAINER_FILES = ("core.py", "losses.py", "grpo.py", "grpo_loss.py", "dpo.py", "orpo.py", "kto.py", "simpo.py",
+TRAINER_FILES = ("core.py", "reference.py", "losses.py", "grpo.py", "grpo_loss.py", "dpo.py", "orpo.py", "kto.py", "simpo.py",
                  "batching.py", "parallel.py")
 KINDS = ("vjp-missing", "train-mode", "non-finite", "no-update", "frozen-changed", "analytic-mismatch",
          "not-reproducible", "golden-drift", "loss-mismatch", "equivalence-drift", "rank-divergence", "config-drift",

@@ -15,7 +15,10 @@ PLANTED = str(PLANTED_TARGETS)
 
 def _run(tmp_path, target, *args, snapshots=None):
     reports = tmp_path / "reports"
-    argv = ["run", "--reports", str(reports), "--snapshots", str(snapshots or tmp_path / "no-goldens"), *args]
+    if snapshots is None:
+        snapshots = tmp_path / "no-goldens"
+        snapshots.mkdir(exist_ok=True)
+    argv = ["run", "--reports", str(reports), "--snapshots", str(snapshots), *args]
     if target:
         argv += ["--target", f"{PLANTED}:{target}"]
     result = CliRunner().invoke(main, argv, catch_exceptions=False)
