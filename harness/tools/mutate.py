@@ -142,20 +142,54 @@ def _copy_tree(dest: Path, sources: dict, snapshots: Path):
         (dest / "snapshots").mkdir()
 
 
+def _descendants(pid: int) -> list:
+    """Every process below ``pid`` (harness run starts each case worker in its own session)."""
+    out = subprocess.run(["ps", "-A", "-o", "pid=", "-o", "ppid="], capture_output=True, text=True).stdout
+    children = {}
+    for line in out.splitlines():
+        child, parent = map(int, line.split())
+        children.setdefault(parent, []).append(child)
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _kill_tree(pid: int) -> list:
+    """Freeze the run (so it starts nothing more), then kill it and everything it started; the pids killed."""
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except ProcessLookupError:
+        return []
+    killed = [pid, *_descendants(pid)]
+    for p in killed:
+        try:
+            os.killpg(p, signal.SIGKILL)  # a session leader: its whole group
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    return killed
+
+
 def _run(cmd, cwd, env, timeout):
-    """(exit code, output); a run past ``timeout`` is killed with its whole process group (exit None)."""
+    """(exit code, output, pids killed); a run past ``timeout`` is killed with every process it started
+    (exit None)."""
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=timeout)
-        return proc.returncode, out
+        return proc.returncode, out, []
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        killed = _kill_tree(proc.pid)
         out, _ = proc.communicate()
-        return None, out + f"\n(killed after {timeout:g} s)"
+        return None, out + f"\n(killed after {timeout:g} s)", killed
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:  # interrupted (Ctrl-C): leave nothing running
+            _kill_tree(proc.pid)
             proc.wait()
 
 
@@ -175,10 +209,13 @@ def run_copy(mutant, run_args, snapshots, sources=None, timeout=DEFAULT_TIMEOUT)
                                             ).rstrip(os.pathsep)
         cmd = [sys.executable, "-m", "mlxth.harness.cli", "run", "--reports", str(reports),
                "--snapshots", str(tree / "snapshots"), *run_args]
-        code, out = _run(cmd, tree, env, timeout)
+        code, out, killed = _run(cmd, tree, env, timeout)
         found = sorted(reports.glob("*/report.json"))
         report = json.loads(found[-1].read_text()) if found else None
-    return judge(mutant, code, report, out, time.perf_counter() - started)
+    result = judge(mutant, code, report, out, time.perf_counter() - started)
+    if killed:
+        result["killed"] = killed
+    return result
 
 
 def _case_kinds(case) -> list:
@@ -193,7 +230,8 @@ def judge(mutant, code, report, output, duration) -> dict:
     failing = [c for c in (report or {}).get("cases", []) if c["status"] != "pass"]
     result = {"id": mutant.id if mutant else None, "exit": code, "duration_s": round(duration, 1),
               "cases": {c["id"]: c["failure"]["kind"] for c in failing},
-              "checks": {c["id"]: _case_kinds(c) for c in failing}}
+              "checks": {c["id"]: _case_kinds(c) for c in failing},
+              "messages": {c["id"]: c["failure"]["message"][:300] for c in failing}}
     if code == 1 and report is not None and failing:
         result["status"] = "caught"
     elif code == 0 and report is not None:
@@ -202,8 +240,11 @@ def judge(mutant, code, report, output, duration) -> dict:
         result["status"] = "broken"
         result["reason"] = (output or "").strip().splitlines()[-1:] or [""]
     if mutant is not None:
-        result["right_kind"] = result["status"] == "caught" and all(
-            k in mutant.kinds for k in result["cases"].values())
+        caught = result["status"] == "caught"
+        result["right_kind"] = caught and all(k in mutant.kinds for k in result["cases"].values())
+        # Caught with the wrong kind although a listed kind failed in every failing case: the check order hid it.
+        result["listed_kind_failed"] = caught and all(
+            any(k in mutant.kinds for k in kinds) for kinds in result["checks"].values())
     return result
 
 
@@ -277,15 +318,17 @@ def table(score_: Score, fmt="simple") -> str:
 def todo(score_: Score, fmt="simple") -> str:
     """Survivors and wrong-kind catches grouped by what in the harness should catch them."""
     by_id = {m.id: m for m in score_.mutants}
+    slots = ("survived", "wrong kind, a listed kind failed later", "wrong kind, no listed kind failed")
     groups = {}
     for r in score_.results:
         if r.get("right_kind"):
             continue
-        slot = "survived" if r["status"] != "caught" else "wrong kind"
-        groups.setdefault(by_id[r["id"]].needs, {"survived": [], "wrong kind": []})[slot].append(r["id"])
-    rows = [[need, len(g["survived"]) + len(g["wrong kind"]), ", ".join(g["survived"]) or "-",
-             ", ".join(g["wrong kind"]) or "-"] for need, g in sorted(groups.items(), key=lambda kv: NEEDS.index(kv[0]))]
-    return tabulate(rows, headers=["needs", "n", "survived", "caught with the wrong kind"], tablefmt=fmt)
+        slot = slots[0] if r["status"] != "caught" else slots[1] if r.get("listed_kind_failed") else slots[2]
+        groups.setdefault(by_id[r["id"]].needs, {s: [] for s in slots})[slot].append(r["id"])
+    sep = ", " if fmt == "github" else "\n"  # one id a line in a terminal
+    rows = [[need, sum(map(len, g.values()))] + [sep.join(g[s]) or "-" for s in slots]
+            for need, g in sorted(groups.items(), key=lambda kv: NEEDS.index(kv[0]))]
+    return tabulate(rows, headers=["needs", "n", *slots], tablefmt=fmt)
 
 
 def summary_line(s: dict) -> str:
