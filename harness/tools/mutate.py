@@ -106,7 +106,8 @@ def load_catalogue(path=None) -> list:
             raise CatalogueError(f"{where}: field file: {entry['file']!r} is not one of {', '.join(TRAINER_FILES)}")
         bad = [k for k in entry["kinds"] if k not in KINDS] if isinstance(entry["kinds"], list) else ["(not a list)"]
         if bad or not entry["kinds"]:
-            raise CatalogueError(f"{where}: field kinds: unknown {', '.join(bad) or '(empty)'}; known: {', '.join(KINDS)}")
+            raise CatalogueError(f"{where}: field kinds: unknown {', '.join(bad) or '(empty)'}; "
+                                 f"known: {', '.join(KINDS)}")
         if entry["needs"] not in NEEDS:
             raise CatalogueError(f"{where}: field needs: {entry['needs']!r} is not one of {', '.join(NEEDS)}")
         seen_ids.add(entry["id"])

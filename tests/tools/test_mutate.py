@@ -122,7 +122,7 @@ def test_mutate_catches_a_sign_flip_and_reports_a_no_op_mutant_as_surviving(tmp_
     catalogue.write_text(_toml([_entry(sign), NO_OP]))
     reports = tmp_path / "reports"
     result = CliRunner().invoke(main, ["mutate", "--catalogue", str(catalogue), "--reruns", "1", "--gate",
-                                       "--reports", str(reports), *SMALL], catch_exceptions=False)
+                                       "--jobs", "2", "--reports", str(reports), *SMALL], catch_exceptions=False)
     assert result.exit_code == 1, result.output  # 1 of 2 caught: below the gate
     found = json.loads(next(reports.glob("*/mutation.json")).read_text())
     by_id = {r["id"]: r for r in found["mutants"]}
@@ -182,9 +182,9 @@ def test_the_to_do_table_groups_what_is_not_caught_right_by_what_should_catch_it
 
 
 def test_a_run_past_its_timeout_is_broken_and_leaves_no_process_behind():
-    hang = mutate.Mutant("hang", "core.py", "        spec, config, model, dp = self.spec, self.config, self.model, self.dp",
-                         '        spec, config, model, dp = self.spec, self.config, self.model, self.dp; '
-                         '__import__("time").sleep(600)', "every step sleeps 10 minutes", ("exception",), "basics")
+    line = "        spec, config, model, dp = self.spec, self.config, self.model, self.dp"
+    hang = mutate.Mutant("hang", "core.py", line, line + '; __import__("time").sleep(600)',
+                         "every step sleeps 10 minutes", ("exception",), "basics")
     result = mutate.run_copy(hang, SMALL, SNAPSHOTS, timeout=20)
     assert result["status"] == "broken" and "killed after 20 s" in result["reason"][0]
     assert len(result["killed"]) >= 2  # the harness run and the case worker it started in its own session
