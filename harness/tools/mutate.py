@@ -47,6 +47,7 @@ THRESHOLDS = {"caught": 0.95, "right_kind": 0.90, "false_alarms": 0}
 # ``harness run`` options this command sets itself.
 RESERVED = ("--reports", "--snapshots", "--update-snapshots", "--target", "--target-version")
 DEFAULT_TIMEOUT = 1800.0
+_RUNNING = set()  # pids of the harness runs in flight, stopped on Ctrl-C
 
 
 class CatalogueError(ValueError):
@@ -181,6 +182,7 @@ def _run(cmd, cwd, env, timeout):
     (exit None)."""
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
+    _RUNNING.add(proc.pid)
     try:
         out, _ = proc.communicate(timeout=timeout)
         return proc.returncode, out, []
@@ -189,9 +191,10 @@ def _run(cmd, cwd, env, timeout):
         out, _ = proc.communicate()
         return None, out + f"\n(killed after {timeout:g} s)", killed
     finally:
-        if proc.poll() is None:  # interrupted (Ctrl-C): leave nothing running
+        if proc.poll() is None:  # interrupted: leave nothing running
             _kill_tree(proc.pid)
             proc.wait()
+        _RUNNING.discard(proc.pid)
 
 
 def run_copy(mutant, run_args, snapshots, sources=None, timeout=DEFAULT_TIMEOUT) -> dict:
@@ -286,17 +289,21 @@ def score(mutants, run_args=(), reruns=10, jobs=1, snapshots=None, timeout=DEFAU
     """Run every mutant, then ``reruns`` unmodified copies; ``on_result(kind, result)`` follows each."""
     out = Score(list(mutants))
     sources = project_sources()
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        runs = [pool.submit(run_copy, m, list(run_args), snapshots, sources, timeout) for m in mutants]
-        for future in runs:
-            out.results.append(future.result())
-            if on_result:
-                on_result("mutant", out.results[-1])
-        again = [pool.submit(run_copy, None, list(run_args), snapshots, sources, timeout) for _ in range(reruns)]
-        for future in again:
-            out.reruns.append(future.result())
-            if on_result:
-                on_result("rerun", out.reruns[-1])
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
+        for kind, items, results in (("mutant", mutants, out.results), ("rerun", [None] * reruns, out.reruns)):
+            futures = [pool.submit(run_copy, m, list(run_args), snapshots, sources, timeout) for m in items]
+            for future in futures:
+                results.append(future.result())
+                if on_result:
+                    on_result(kind, results[-1])
+    except BaseException:  # Ctrl-C: start nothing more and stop what runs
+        pool.shutdown(wait=False, cancel_futures=True)
+        for pid in list(_RUNNING):
+            _kill_tree(pid)
+        raise
+    finally:
+        pool.shutdown(wait=True)
     return out
 
 

@@ -3,6 +3,9 @@
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -181,15 +184,46 @@ def test_the_to_do_table_groups_what_is_not_caught_right_by_what_should_catch_it
                                                               ["dead-knob", "1", "c", "-", "-"]]
 
 
+HANG_LINE = "        spec, config, model, dp = self.spec, self.config, self.model, self.dp"
+HANG = {"id": "hang", "file": "core.py", "old": HANG_LINE, "new": HANG_LINE + '; __import__("time").sleep(600)',
+        "description": "every step sleeps 10 minutes", "kinds": ["exception"], "needs": "basics"}
+
+
 def test_a_run_past_its_timeout_is_broken_and_leaves_no_process_behind():
-    line = "        spec, config, model, dp = self.spec, self.config, self.model, self.dp"
-    hang = mutate.Mutant("hang", "core.py", line, line + '; __import__("time").sleep(600)',
-                         "every step sleeps 10 minutes", ("exception",), "basics")
+    hang = mutate.Mutant(**{**HANG, "kinds": tuple(HANG["kinds"])})
     result = mutate.run_copy(hang, SMALL, SNAPSHOTS, timeout=20)
     assert result["status"] == "broken" and "killed after 20 s" in result["reason"][0]
     assert len(result["killed"]) >= 2  # the harness run and the case worker it started in its own session
+    _assert_gone(result["killed"])
+
+
+def test_ctrl_c_stops_every_run_in_flight(tmp_path):
+    catalogue = tmp_path / "mutants.toml"
+    catalogue.write_text(_toml([HANG, {**HANG, "id": "hang-too"}]))
+    cmd = [sys.executable, "-m", "mlxth.harness.cli", "mutate", "--catalogue", str(catalogue), "--jobs", "2",
+           "--reruns", "0", "--reports", str(tmp_path / "reports"), *SMALL]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline, below, ok = time.monotonic() + 120, [], False
+    try:
+        while len(below) < 4 and time.monotonic() < deadline:  # two harness runs, each with its case worker
+            time.sleep(0.5)
+            below = mutate._descendants(proc.pid)
+        assert len(below) >= 4, below
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) != 0
+        _assert_gone(below)
+        ok = True
+    finally:
+        if not ok:  # leave no sleeping process behind
+            for pid in [proc.pid, *below]:
+                mutate._kill_tree(pid)
+        proc.wait()
+
+
+def _assert_gone(pids):
     deadline = time.monotonic() + 30
-    while (alive := [p for p in result["killed"] if _alive(p)]) and time.monotonic() < deadline:
+    while (alive := [p for p in pids if _alive(p)]) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert alive == []
 
