@@ -47,6 +47,7 @@ THRESHOLDS = {"caught": 0.95, "right_kind": 0.90, "false_alarms": 0}
 # ``harness run`` options this command sets itself.
 RESERVED = ("--reports", "--snapshots", "--update-snapshots", "--target", "--target-version")
 DEFAULT_TIMEOUT = 1800.0
+_RUNNING = set()  # pids of the harness runs in flight, stopped on Ctrl-C
 
 
 class CatalogueError(ValueError):
@@ -106,7 +107,8 @@ def load_catalogue(path=None) -> list:
             raise CatalogueError(f"{where}: field file: {entry['file']!r} is not one of {', '.join(TRAINER_FILES)}")
         bad = [k for k in entry["kinds"] if k not in KINDS] if isinstance(entry["kinds"], list) else ["(not a list)"]
         if bad or not entry["kinds"]:
-            raise CatalogueError(f"{where}: field kinds: unknown {', '.join(bad) or '(empty)'}; known: {', '.join(KINDS)}")
+            raise CatalogueError(f"{where}: field kinds: unknown {', '.join(bad) or '(empty)'}; "
+                                 f"known: {', '.join(KINDS)}")
         if entry["needs"] not in NEEDS:
             raise CatalogueError(f"{where}: field needs: {entry['needs']!r} is not one of {', '.join(NEEDS)}")
         seen_ids.add(entry["id"])
@@ -142,21 +144,57 @@ def _copy_tree(dest: Path, sources: dict, snapshots: Path):
         (dest / "snapshots").mkdir()
 
 
+def _descendants(pid: int) -> list:
+    """Every process below ``pid`` (harness run starts each case worker in its own session)."""
+    out = subprocess.run(["ps", "-A", "-o", "pid=", "-o", "ppid="], capture_output=True, text=True).stdout
+    children = {}
+    for line in out.splitlines():
+        child, parent = map(int, line.split())
+        children.setdefault(parent, []).append(child)
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _kill_tree(pid: int) -> list:
+    """Freeze the run (so it starts nothing more), then kill it and everything it started; the pids killed."""
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except ProcessLookupError:
+        return []
+    killed = [pid, *_descendants(pid)]
+    for p in killed:
+        try:
+            os.killpg(p, signal.SIGKILL)  # a session leader: its whole group
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    return killed
+
+
 def _run(cmd, cwd, env, timeout):
-    """(exit code, output); a run past ``timeout`` is killed with its whole process group (exit None)."""
+    """(exit code, output, pids killed); a run past ``timeout`` is killed with every process it started
+    (exit None)."""
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
+    _RUNNING.add(proc.pid)
     try:
         out, _ = proc.communicate(timeout=timeout)
-        return proc.returncode, out
+        return proc.returncode, out, []
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        killed = _kill_tree(proc.pid)
         out, _ = proc.communicate()
-        return None, out + f"\n(killed after {timeout:g} s)"
+        return None, out + f"\n(killed after {timeout:g} s)", killed
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:  # interrupted: leave nothing running
+            _kill_tree(proc.pid)
             proc.wait()
+        _RUNNING.discard(proc.pid)
 
 
 def run_copy(mutant, run_args, snapshots, sources=None, timeout=DEFAULT_TIMEOUT) -> dict:
@@ -175,10 +213,13 @@ def run_copy(mutant, run_args, snapshots, sources=None, timeout=DEFAULT_TIMEOUT)
                                             ).rstrip(os.pathsep)
         cmd = [sys.executable, "-m", "mlxth.harness.cli", "run", "--reports", str(reports),
                "--snapshots", str(tree / "snapshots"), *run_args]
-        code, out = _run(cmd, tree, env, timeout)
+        code, out, killed = _run(cmd, tree, env, timeout)
         found = sorted(reports.glob("*/report.json"))
         report = json.loads(found[-1].read_text()) if found else None
-    return judge(mutant, code, report, out, time.perf_counter() - started)
+    result = judge(mutant, code, report, out, time.perf_counter() - started)
+    if killed:
+        result["killed"] = killed
+    return result
 
 
 def _case_kinds(case) -> list:
@@ -193,7 +234,8 @@ def judge(mutant, code, report, output, duration) -> dict:
     failing = [c for c in (report or {}).get("cases", []) if c["status"] != "pass"]
     result = {"id": mutant.id if mutant else None, "exit": code, "duration_s": round(duration, 1),
               "cases": {c["id"]: c["failure"]["kind"] for c in failing},
-              "checks": {c["id"]: _case_kinds(c) for c in failing}}
+              "checks": {c["id"]: _case_kinds(c) for c in failing},
+              "messages": {c["id"]: c["failure"]["message"][:300] for c in failing}}
     if code == 1 and report is not None and failing:
         result["status"] = "caught"
     elif code == 0 and report is not None:
@@ -202,8 +244,11 @@ def judge(mutant, code, report, output, duration) -> dict:
         result["status"] = "broken"
         result["reason"] = (output or "").strip().splitlines()[-1:] or [""]
     if mutant is not None:
-        result["right_kind"] = result["status"] == "caught" and all(
-            k in mutant.kinds for k in result["cases"].values())
+        caught = result["status"] == "caught"
+        result["right_kind"] = caught and all(k in mutant.kinds for k in result["cases"].values())
+        # Caught with the wrong kind although a listed kind failed in every failing case: the check order hid it.
+        result["listed_kind_failed"] = caught and all(
+            any(k in mutant.kinds for k in kinds) for kinds in result["checks"].values())
     return result
 
 
@@ -244,17 +289,21 @@ def score(mutants, run_args=(), reruns=10, jobs=1, snapshots=None, timeout=DEFAU
     """Run every mutant, then ``reruns`` unmodified copies; ``on_result(kind, result)`` follows each."""
     out = Score(list(mutants))
     sources = project_sources()
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        runs = [pool.submit(run_copy, m, list(run_args), snapshots, sources, timeout) for m in mutants]
-        for future in runs:
-            out.results.append(future.result())
-            if on_result:
-                on_result("mutant", out.results[-1])
-        again = [pool.submit(run_copy, None, list(run_args), snapshots, sources, timeout) for _ in range(reruns)]
-        for future in again:
-            out.reruns.append(future.result())
-            if on_result:
-                on_result("rerun", out.reruns[-1])
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
+        for kind, items, results in (("mutant", mutants, out.results), ("rerun", [None] * reruns, out.reruns)):
+            futures = [pool.submit(run_copy, m, list(run_args), snapshots, sources, timeout) for m in items]
+            for future in futures:
+                results.append(future.result())
+                if on_result:
+                    on_result(kind, results[-1])
+    except BaseException:  # Ctrl-C: start nothing more and stop what runs
+        pool.shutdown(wait=False, cancel_futures=True)
+        for pid in list(_RUNNING):
+            _kill_tree(pid)
+        raise
+    finally:
+        pool.shutdown(wait=True)
     return out
 
 
@@ -277,15 +326,17 @@ def table(score_: Score, fmt="simple") -> str:
 def todo(score_: Score, fmt="simple") -> str:
     """Survivors and wrong-kind catches grouped by what in the harness should catch them."""
     by_id = {m.id: m for m in score_.mutants}
+    slots = ("survived", "wrong kind, a listed kind failed later", "wrong kind, no listed kind failed")
     groups = {}
     for r in score_.results:
         if r.get("right_kind"):
             continue
-        slot = "survived" if r["status"] != "caught" else "wrong kind"
-        groups.setdefault(by_id[r["id"]].needs, {"survived": [], "wrong kind": []})[slot].append(r["id"])
-    rows = [[need, len(g["survived"]) + len(g["wrong kind"]), ", ".join(g["survived"]) or "-",
-             ", ".join(g["wrong kind"]) or "-"] for need, g in sorted(groups.items(), key=lambda kv: NEEDS.index(kv[0]))]
-    return tabulate(rows, headers=["needs", "n", "survived", "caught with the wrong kind"], tablefmt=fmt)
+        slot = slots[0] if r["status"] != "caught" else slots[1] if r.get("listed_kind_failed") else slots[2]
+        groups.setdefault(by_id[r["id"]].needs, {s: [] for s in slots})[slot].append(r["id"])
+    sep = ", " if fmt == "github" else "\n"  # one id a line in a terminal
+    rows = [[need, sum(map(len, g.values()))] + [sep.join(g[s]) or "-" for s in slots]
+            for need, g in sorted(groups.items(), key=lambda kv: NEEDS.index(kv[0]))]
+    return tabulate(rows, headers=["needs", "n", *slots], tablefmt=fmt)
 
 
 def summary_line(s: dict) -> str:

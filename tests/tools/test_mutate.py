@@ -1,7 +1,13 @@
 """`harness mutate`: the catalogue applies to the current trainers, and the runner scores what it should."""
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -73,7 +79,7 @@ def test_duplicate_ids_and_missing_fields_are_named(tmp_path):
 
 def _report(*cases):
     return {"cases": [{"id": f"reference/dpo/{i}/fp32", "status": "fail" if kinds else "pass",
-                       "failure": {"kind": kinds[0]} if kinds else None,
+                       "failure": {"kind": kinds[0], "message": "m"} if kinds else None,
                        "checks": [{"name": "x", "status": "fail", "kind": k} for k in kinds]}
                       for i, kinds in enumerate(cases)]}
 
@@ -85,6 +91,8 @@ def test_the_verdict_caught_right_kind_golden_drift_alone_and_broken():
     # a golden alone catches it, but the kind does not name the fault
     drift = mutate.judge(m, 1, _report(["golden-drift", "loss-mismatch"]), "", 1.0)
     assert drift["status"] == "caught" and not drift["right_kind"]
+    assert drift["listed_kind_failed"]  # the check order hid the listed kind
+    assert not mutate.judge(m, 1, _report(["golden-drift"]), "", 1.0)["listed_kind_failed"]
     assert drift["checks"] == {"reference/dpo/0/fp32": ["golden-drift", "loss-mismatch"]}
     # every failing case must report a listed kind
     mixed = mutate.judge(m, 1, _report(["loss-mismatch"], ["exception"]), "", 1.0)
@@ -117,7 +125,7 @@ def test_mutate_catches_a_sign_flip_and_reports_a_no_op_mutant_as_surviving(tmp_
     catalogue.write_text(_toml([_entry(sign), NO_OP]))
     reports = tmp_path / "reports"
     result = CliRunner().invoke(main, ["mutate", "--catalogue", str(catalogue), "--reruns", "1", "--gate",
-                                       "--reports", str(reports), *SMALL], catch_exceptions=False)
+                                       "--jobs", "2", "--reports", str(reports), *SMALL], catch_exceptions=False)
     assert result.exit_code == 1, result.output  # 1 of 2 caught: below the gate
     found = json.loads(next(reports.glob("*/mutation.json")).read_text())
     by_id = {r["id"]: r for r in found["mutants"]}
@@ -160,3 +168,70 @@ def test_a_catalogue_that_does_not_apply_is_a_usage_error(tmp_path):
     result = CliRunner().invoke(main, ["mutate", "--catalogue", str(path), "--reruns", "0"])
     assert result.exit_code == 2 and "occurs 0 times in trainers/core.py" in result.output
 
+
+
+def test_the_to_do_table_groups_what_is_not_caught_right_by_what_should_catch_it():
+    m = [mutate.Mutant("a", "core.py", "x", "y", "d", ("loss-mismatch",), "recompute"),
+         mutate.Mutant("b", "core.py", "x", "y", "d", ("loss-mismatch",), "recompute"),
+         mutate.Mutant("c", "core.py", "x", "y", "d", ("dead-knob",), "dead-knob"),
+         mutate.Mutant("d", "core.py", "x", "y", "d", ("no-update",), "basics")]
+    results = [{"id": "a", "status": "caught", "right_kind": False, "listed_kind_failed": True, "cases": {}},
+               {"id": "b", "status": "caught", "right_kind": False, "listed_kind_failed": False, "cases": {}},
+               {"id": "c", "status": "survived", "right_kind": False, "cases": {}},
+               {"id": "d", "status": "caught", "right_kind": True, "cases": {}}]
+    rows = [line.split(" | ") for line in mutate.todo(mutate.Score(m, results), fmt="github").splitlines()[2:]]
+    assert [[c.strip("| ") for c in row] for row in rows] == [["recompute", "2", "-", "a", "b"],
+                                                              ["dead-knob", "1", "c", "-", "-"]]
+
+
+HANG_LINE = "        spec, config, model, dp = self.spec, self.config, self.model, self.dp"
+HANG = {"id": "hang", "file": "core.py", "old": HANG_LINE, "new": HANG_LINE + '; __import__("time").sleep(600)',
+        "description": "every step sleeps 10 minutes", "kinds": ["exception"], "needs": "basics"}
+
+
+def test_a_run_past_its_timeout_is_broken_and_leaves_no_process_behind():
+    hang = mutate.Mutant(**{**HANG, "kinds": tuple(HANG["kinds"])})
+    result = mutate.run_copy(hang, SMALL, SNAPSHOTS, timeout=20)
+    assert result["status"] == "broken" and "killed after 20 s" in result["reason"][0]
+    assert len(result["killed"]) >= 2  # the harness run and the case worker it started in its own session
+    _assert_gone(result["killed"])
+
+
+def test_ctrl_c_stops_every_run_in_flight(tmp_path):
+    catalogue = tmp_path / "mutants.toml"
+    catalogue.write_text(_toml([HANG, {**HANG, "id": "hang-too"}]))
+    cmd = [sys.executable, "-m", "mlxth.harness.cli", "mutate", "--catalogue", str(catalogue), "--jobs", "2",
+           "--reruns", "0", "--reports", str(tmp_path / "reports"), *SMALL]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline, below, ok = time.monotonic() + 120, [], False
+    try:
+        while len(below) < 4 and time.monotonic() < deadline:  # two harness runs, each with its case worker
+            time.sleep(0.5)
+            below = mutate._descendants(proc.pid)
+        assert len(below) >= 4, below
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) != 0
+        _assert_gone(below)
+        ok = True
+    finally:
+        if not ok:  # leave no sleeping process behind
+            for pid in [proc.pid, *below]:
+                mutate._kill_tree(pid)
+        proc.wait()
+
+
+def _assert_gone(pids):
+    deadline = time.monotonic() + 30
+    while (alive := [p for p in pids if _alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert alive == []
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")  # a zombie is dead
