@@ -24,7 +24,7 @@ def _assert_reports(run_dir, report, state):
 
 def test_sigterm_in_the_middle_of_a_real_run_keeps_the_reports_and_leaves_no_process(tmp_path):
     before = digest(SNAPSHOTS)
-    run = HarnessRun(tmp_path, "--trainer", "dpo", "--trainer", "orpo", "--trainer", "kto", "--strict")
+    run = HarnessRun(tmp_path, "--scenario", "plain", "--trainer", "dpo", "--trainer", "orpo", "--trainer", "kto", "--strict")
     wait_until(lambda: marked_processes(run.marker)[1:], 120, "the workers to start")
     run.wait_for_cases(1)
     run.proc.send_signal(signal.SIGTERM)
@@ -32,8 +32,8 @@ def test_sigterm_in_the_middle_of_a_real_run_keeps_the_reports_and_leaves_no_pro
     run_dir, report = run.report()
     _assert_reports(run_dir, report, "interrupted")
     statuses = [c["status"] for c in report["cases"]]
-    assert len(statuses) == 9 and set(statuses) <= {"pass", "interrupted", "not-run"}
-    assert statuses.count("pass") >= 1 and statuses.count("pass") < 9
+    assert len(statuses) == 12 and set(statuses) <= {"pass", "interrupted", "not-run"}  # 3 trainers x 4 fixtures
+    assert statuses.count("pass") >= 1 and statuses.count("pass") < 12
     assert report["stopped_by"] == "SIGTERM" and "interrupted by SIGTERM" in run.output
     assert orphans(run.marker) == []
     assert run.leftovers() == []
@@ -43,7 +43,8 @@ def test_sigterm_in_the_middle_of_a_real_run_keeps_the_reports_and_leaves_no_pro
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_stops_a_hung_case_at_once_and_marks_the_rest(tmp_path, sig):
     """One job: tiny-llama passes, tiny-qwen35 hangs (with a child process), tiny-linear-attn waits."""
-    run = HarnessRun(tmp_path, "--target", HANG, "--trainer", "dpo", "--jobs", "1", "--timeout", "300",
+    run = HarnessRun(tmp_path, "--scenario", "plain", "--target", HANG, "--trainer", "dpo", "--jobs", "1", "--timeout", "300",
+                     "--fixture", "tiny-llama", "--fixture", "tiny-qwen35", "--fixture", "tiny-linear-attn",
                      "--snapshots", str(SNAPSHOTS))
     run.wait_for_cases(1)
     wait_until(lambda: len(marked_processes(run.marker)) >= 3, 120, "the hung case's child")
@@ -66,7 +67,7 @@ def test_a_signal_stops_a_hung_case_at_once_and_marks_the_rest(tmp_path, sig):
 
 
 def test_sigterm_stops_a_data_parallel_case_and_its_ranks(tmp_path):
-    run = HarnessRun(tmp_path, "--target", HANG, "--trainer", "dpo", "--fixture", "tiny-qwen35", "--ranks", "2",
+    run = HarnessRun(tmp_path, "--scenario", "plain", "--target", HANG, "--trainer", "dpo", "--fixture", "tiny-qwen35", "--ranks", "2",
                      "--timeout", "300")
     wait_until(lambda: len(list(run.tmpdir.glob("mlxth-*/*/rank1.started"))) == 1, 180, "both ranks to start")
     run.proc.send_signal(signal.SIGTERM)
@@ -79,7 +80,8 @@ def test_sigterm_stops_a_data_parallel_case_and_its_ranks(tmp_path):
 
 
 def test_sigkill_leaves_the_last_complete_report_and_the_workers_end(tmp_path):
-    run = HarnessRun(tmp_path, "--target", HANG, "--trainer", "dpo", "--jobs", "1", "--timeout", "300",
+    run = HarnessRun(tmp_path, "--scenario", "plain", "--target", HANG, "--trainer", "dpo", "--jobs", "1", "--timeout", "300",
+                     "--fixture", "tiny-llama", "--fixture", "tiny-qwen35", "--fixture", "tiny-linear-attn",
                      "--snapshots", str(SNAPSHOTS))
     run.wait_for_cases(1)
     wait_until(lambda: len(marked_processes(run.marker)) >= 3, 120, "the hung case's child")

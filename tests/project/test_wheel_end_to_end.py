@@ -112,11 +112,11 @@ def test_a_library_gates_its_trainers_with_the_installed_wheel(installed, tmp_pa
     lib.write_adapter(repo)
 
     # Record goldens into the library's repository, then the CI gate passes.
-    proc = _sh(installed, repo, "harness", "run", "--update-snapshots")
+    proc = _sh(installed, repo, "harness", "run", "--scenario", "plain", "--update-snapshots")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     goldens = sorted(str(p.relative_to(repo)) for p in (repo / "snapshots").rglob("*.json"))
     assert goldens == ["snapshots/cpu/toyprefs/dpo/tiny-llama--fp32.json"]
-    proc = _sh(installed, repo, "harness", "run", "--strict")
+    proc = _sh(installed, repo, "harness", "run", "--scenario", "plain", "--strict")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = _last_report(repo)
     assert [c["id"] for c in report["cases"]] == [CASE]
@@ -125,7 +125,7 @@ def test_a_library_gates_its_trainers_with_the_installed_wheel(installed, tmp_pa
 
     # A regression committed later turns the run red, with its kind.
     history = lib.later_history(repo)
-    proc = _sh(installed, repo, "harness", "run")
+    proc = _sh(installed, repo, "harness", "run", "--scenario", "plain")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     (case,) = _last_report(repo)["cases"]
     assert case["failure"]["kind"] == "golden-drift", case["failure"]
@@ -136,7 +136,7 @@ def test_a_library_gates_its_trainers_with_the_installed_wheel(installed, tmp_pa
     before = _state(repo)
     assert before["status"] == ""  # reports/ is ignored (harness init said so)
     bisect_json = tmp_path / "bisect.json"
-    proc = _sh(installed, repo, "harness", "bisect", "--repo", ".", "--good", good, "--bad", "HEAD",
+    proc = _sh(installed, repo, "harness", "bisect", "--repo", ".", "--good", good, "--bad", "HEAD", "--scenario", "plain",
                "--report", str(bisect_json))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"first bad commit: {history['regression']}" in proc.stdout
