@@ -271,7 +271,7 @@ def data_parallel_check(golden_trace: dict, result: dict) -> dict:
         why = f"settings {', '.join(changed)} differ" if changed else f"a step of {step_rows} rows, not {golden_rows}"
         return checks.skipped("golden", f"no single-process golden applies to {label}: {why} (the equivalence "
                                         "class checks this trainer's data parallelism)")
-    tol = equivalence_tolerance(trainer, result["environment"]["backend"])
+    tol = equivalence_tolerance(trainer, result.get("environment", {}).get("backend", "cpu"))
     want, unchecked, count = held_steps(golden_trace["steps"], result)
     drift = first_divergence(want, result["steps"][:len(want)], tol.rtol, tol.atol, compared_keys(want))
     golden_label = f"batch {theirs['batch_size']}" + (f" x accumulation {theirs['grad_accumulation_steps']}"

@@ -174,7 +174,6 @@ def _result(trainer, settings, steps):
     return {"case": {"trainer": trainer, "settings": settings}, "steps": steps}
 
 
-@pytest.mark.xfail(reason="expectation written before the default matrix gained scenarios and the recompute, gradient, dead-knob and config checks; to be updated", strict=False)
 def test_golden_check_of_a_data_parallel_run():
     base = {"steps": 3, "batch_size": 4, "grad_accumulation_steps": 1, "ranks": 1, "learning_rate": 1e-4,
             "extra": {}}
