@@ -29,9 +29,8 @@ def test_a_timeout_that_is_not_a_finite_positive_number_is_a_usage_error(tmp_pat
     assert "Traceback" not in result.output
 
 
-@pytest.mark.xfail(reason="expectation written before the default matrix gained scenarios and the recompute, gradient, dead-knob and config checks; to be updated", strict=False)
 def test_repeated_names_run_each_case_once(tmp_path):
-    result, report, _ = _run(tmp_path, "--trainer", "simpo", "--trainer", "simpo", "--fixture", "tiny-llama",
+    result, report, _ = _run(tmp_path, "--scenario", "plain", "--trainer", "simpo", "--trainer", "simpo", "--fixture", "tiny-llama",
                              "--fixture", "tiny-llama", "--variant", "fp32", "--variant", "fp32",
                              "--snapshots", str(SNAPSHOTS))
     assert result.exit_code == 0, result.output
