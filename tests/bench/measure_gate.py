@@ -1,6 +1,6 @@
 """Measure the A/B speed gate itself: how often it flags a planted 10% slowdown, and identical code.
 
-    python tests/bench/measure_gate.py [--trials 60] [--trainer dpo] [--fixture tiny-llama] [--out FILE]
+    PYTHONPATH=tests python tests/bench/measure_gate.py [--trials 60] [--trainer dpo] [--fixture tiny-llama] [--out FILE]
 
 Each trial is one ``harness bench --against`` comparison at the default
 settings (``Rounds()``, threshold 10%), its two sides fresh worker processes:
