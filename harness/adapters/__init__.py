@@ -17,6 +17,8 @@ try:
 except ImportError:  # only the library adapters step with it, and their extras install it; the
     greenlet = None  # reference target (this package too) must load without it
 
+from packaging.version import InvalidVersion, Version
+
 from ...trainers import SPECS
 
 # The standard hyper-parameters of each trainer (the reference trainers' names).
@@ -44,6 +46,23 @@ def _normalise(name: str) -> str:
 
 _PROJECT_VERSION = re.compile(r'^\[project\][^\[]*?^version\s*=\s*["\']([^"\']+)["\']', re.M | re.S)
 _DUNDER_VERSION = re.compile(r'^__version__\s*=\s*["\']([^"\']+)["\']', re.M)
+
+
+def describe_version(module: str, distribution: str) -> str:
+    """The version of the code ``import module`` takes, for a report ("not installed", or marked as a checkout)."""
+    found, where = code_version(module, distribution)
+    if found is None:
+        return "not installed"
+    return found if where == "installed" else f"{found} (source checkout)"
+
+
+def code_release(module: str, distribution: str):
+    """The release (a ``packaging`` ``Version``) of the code ``import module`` takes, or None."""
+    found, _ = code_version(module, distribution)
+    try:
+        return Version(found) if found else None
+    except InvalidVersion:
+        return None
 
 
 def code_version(module: str, distribution: str):

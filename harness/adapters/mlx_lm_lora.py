@@ -13,10 +13,10 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
 from ...fixtures.rewards import DEFAULT_REWARDS
-from . import StepLoop, code_version, frozen_copy, resolve_hyperparameters
+from . import StepLoop, code_release, describe_version, frozen_copy, resolve_hyperparameters
 
 DISTRIBUTION = "mlx-lm-lora"
 MODULE = "mlx_lm_lora"
@@ -55,19 +55,12 @@ UNSTABLE = ("iterations_per_second", "tokens_per_second", "peak_memory", "traine
 
 
 def version() -> str:
-    found, where = code_version(MODULE, DISTRIBUTION)
-    if found is None:
-        return "not installed"
-    return found if where == "installed" else f"{found} (source checkout)"
+    return describe_version(MODULE, DISTRIBUTION)
 
 
 def release():
     """The release of the code ``import mlx_lm_lora`` takes (a ``Version``), or None."""
-    found, _ = code_version(MODULE, DISTRIBUTION)
-    try:
-        return Version(found) if found else None
-    except InvalidVersion:
-        return None
+    return code_release(MODULE, DISTRIBUTION)
 
 
 def unsupported(rel) -> str:

@@ -15,10 +15,10 @@ import sys
 import tempfile
 
 import mlx.core as mx
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
 from ...fixtures.rewards import DEFAULT_REWARDS
-from . import NOT_OFFERED, StepLoop, code_version, resolve_hyperparameters
+from . import NOT_OFFERED, StepLoop, code_release, describe_version, resolve_hyperparameters
 
 DISTRIBUTION = "mlx-tune"
 MODULE = "mlx_tune"
@@ -74,19 +74,12 @@ TEXT_FIELDS = {"dpo": ("prompt", "chosen", "rejected"), "orpo": ("prompt", "chos
 
 
 def version() -> str:
-    found, where = code_version(MODULE, DISTRIBUTION)
-    if found is None:
-        return "not installed"
-    return found if where == "installed" else f"{found} (source checkout)"
+    return describe_version(MODULE, DISTRIBUTION)
 
 
 def release():
     """The release of the code ``import mlx_tune`` takes (a ``Version``), or None."""
-    found, _ = code_version(MODULE, DISTRIBUTION)
-    try:
-        return Version(found) if found else None
-    except InvalidVersion:
-        return None
+    return code_release(MODULE, DISTRIBUTION)
 
 
 def unsupported(rel) -> str:

@@ -167,13 +167,13 @@ def _companions(case: Case, records, obs) -> list:
     if spec is None:
         return []
     out = [companions.coverage(spec.expects, records)] if spec.expects else []
-    final = dict(tree_flatten(obs["model"].parameters()))
+    final = _snapshot(obs["model"])
     if spec.knobs:
         varied = []
         for name, value in spec.knobs:
             settings = with_setting(case.settings, name, value)
             k_records, k_error, k_obs = run_once(replace(case, settings=settings), probe=False)
-            varied.append((name, value, k_records, dict(tree_flatten(k_obs["model"].parameters())), k_error))
+            varied.append((name, value, k_records, _snapshot(k_obs["model"]), k_error))
         out.append(companions.dead_knobs(records, final, varied))
     if spec.companion == "equivalence":
         s = case.settings
@@ -185,10 +185,10 @@ def _companions(case: Case, records, obs) -> list:
         if g_error is not None:
             out.append(checks.skipped("equivalence", f"{golden_label} failed: {g_error['message']}"))
         else:
-            initial, _ = _fixture_model(case)
+            # The weights before step 1 are the run's own (kept by reference): no second load of the fixture.
             out.append(companions.equivalence(case.trainer, label, golden_label, g_records,
                                               _trainable_weights(g_obs["model"]), records,
-                                              _trainable_weights(obs["model"]), _trainable_weights(initial),
+                                              _trainable_weights(obs["model"]), obs["before"],
                                               environment()["backend"]))
     return out
 
