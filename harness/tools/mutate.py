@@ -26,6 +26,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from ... import fixtures, trainers
+from ..judge.checks import EXPLANATIONS
 from .bisect import package_shim
 
 try:
@@ -36,9 +37,8 @@ except ModuleNotFoundError:  # Python 3.10
 CATALOGUE = Path(__file__).with_name("mutants.toml")
 TRAINER_FILES = ("core.py", "reference.py", "losses.py", "grpo.py", "grpo_loss.py", "dpo.py", "orpo.py", "kto.py", "simpo.py",
                  "batching.py", "parallel.py")
-KINDS = ("vjp-missing", "train-mode", "non-finite", "no-update", "frozen-changed", "analytic-mismatch",
-         "not-reproducible", "golden-drift", "loss-mismatch", "equivalence-drift", "rank-divergence", "config-drift",
-         "dead-knob", "preflight", "exception")
+# Every failure kind a case can report (the checks' own table, so the two cannot disagree).
+KINDS = tuple(EXPLANATIONS)
 NEEDS = ("recompute", "hp-cases", "dead-knob", "grpo-paths", "kto-z", "warm-fixture", "equivalence", "ranks", "lora",
          "bf16", "compiled", "config-golden", "preflight", "basics")
 REQUIRED = ("id", "file", "old", "new", "description", "kinds", "needs")
