@@ -25,6 +25,14 @@ VARIANTS = {
     "compiled-bf16": {"compile": True, "dtype": "bfloat16"},
 }
 DEFAULT_VARIANTS = ("fp32",)
+# The default matrix also runs every other release variant once per trainer, on this fixture:
+# their paths (bf16 casts, LoRA freezing and its reference, the compiled step) are then part of
+# every default run without multiplying it by the fixtures.
+RELEASE_VARIANTS = ("bf16", "lora", "compiled")
+VARIANT_FIXTURE = "tiny-llama"
+# ... and, for a target that trains data-parallel, one case over ranks (mlx.launch), held to the
+# one-process golden: KTO, whose step shares counts and its reference point z over the ranks.
+DATA_PARALLEL_CASE = ("kto", 2)
 
 # Per-trainer settings of the default matrix, sized for a 2-core CPU.
 TRAINER_SETTINGS = {
@@ -203,20 +211,33 @@ def build_matrix(target, trainers=(), fixtures=(), variants=(), steps=3, ranks=1
                  scenarios=()):
     """The cases for one loaded target; empty filters mean everything the target offers.
 
-    Each trainer's plain cases (its defaults, every fixture or model folder and variant) come
-    first, then its scenarios in fp32 on their own fixture; ``scenarios`` picks by name (``PLAIN``
-    for the plain cases).  ``project``: per-trainer settings (``case_settings``); ``models``:
+    Each trainer's plain cases (its defaults, every fixture or model folder and variant; with no
+    variant named, fp32 everywhere and ``RELEASE_VARIANTS`` on ``VARIANT_FIXTURE``, after the
+    ``DATA_PARALLEL_CASE`` of a target that trains data-parallel) come first,
+    then its scenarios in fp32 on their own fixture; ``scenarios`` picks by name (``PLAIN`` for
+    the plain cases).  ``project``: per-trainer settings (``case_settings``); ``models``:
     ``(name, folder)`` of user model folders, cases beside the fixtures (instead of them when no
     fixture is named).  Raises ``ValueError`` when a case's batch cannot be split over ``ranks``."""
     trainers = trainers or tuple(t for t in TRAINERS if t in target.trainers())
     sources = [(f, "") for f in (fixtures or (() if models else FIXTURES))] + [(n, str(p)) for n, p in models]
+    # Named variants run on every source; by default fp32 does, and each release variant on one fixture.
+    variants_named = bool(variants)
+    plain = [(f, path, v) for f, path in sources for v in variants] if variants else \
+        [(f, path, v) for f, path in sources for v in DEFAULT_VARIANTS] + \
+        [(f, path, v) for f, path in sources if f == VARIANT_FIXTURE and not path for v in RELEASE_VARIANTS]
     variants = variants or DEFAULT_VARIANTS
     project = project or {}
     cases = []
+    dp_trainer, dp_ranks = DATA_PARALLEL_CASE
+    if (not variants_named and ranks == 1 and getattr(target, "data_parallel", False) and dp_trainer in trainers
+            and (not scenarios or PLAIN in scenarios) and any(f == VARIANT_FIXTURE and not p for f, p in sources)):
+        # First, so that its processes start while the pool's workers import.
+        cases.append(Case(target.name, dp_trainer, VARIANT_FIXTURE, "fp32",
+                          case_settings(dp_trainer, "fp32", steps, dp_ranks, project.get(dp_trainer)), target.spec))
     for t in trainers:
         if not scenarios or PLAIN in scenarios:
             cases += [Case(target.name, t, f, v, case_settings(t, v, steps, ranks, project.get(t)), target.spec, path)
-                      for f, path in sources for v in variants]
+                      for f, path, v in plain]
         if "fp32" not in variants or (models and not fixtures):
             continue
         for name, spec in SCENARIOS[t].items():

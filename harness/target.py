@@ -56,6 +56,7 @@ class Target(Protocol):
     # Optional:
     golden_key: str  # the folder its goldens are filed under (default: name)
     distribution: str  # its PyPI distribution, for --target-version (default: none)
+    data_parallel: bool  # trains over mlx.launch ranks (--ranks); the default matrix then has a 2-rank case
 
     def version(self) -> str: ...
 
@@ -109,6 +110,7 @@ class LoadedTarget:
         self.name = obj.name
         self.golden_key = getattr(obj, "golden_key", None) or obj.name
         self.distribution = getattr(obj, "distribution", None)
+        self.data_parallel = bool(getattr(obj, "data_parallel", False))
 
     def trainers(self) -> tuple:
         return tuple(self.obj.trainers())

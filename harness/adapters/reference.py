@@ -62,6 +62,7 @@ class ReferenceRun:
 
 class ReferenceTarget:
     name = "reference"
+    data_parallel = True
 
     def trainers(self):
         return tuple(SPECS)

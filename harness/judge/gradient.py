@@ -3,7 +3,9 @@
 The loss is a function of per-sequence log-probs; its derivative with respect
 to each log-prob is taken numerically (central differences, float64) from the
 formulas in ``formulas.py``, and the chain rule through the model is MLX's
-autodiff of ``sum_i w_i logp_i`` on unpadded sequences.  The target reports
+autodiff of ``sum_i w_i logp_i`` on unpadded sequences.  GRPO's first step
+(ratio exactly 1) has per-token weights in closed form
+(``grpo_oracle.first_step_weights``).  The target reports
 its pre-clip gradient norm; and at step 1 every optimizer MLX libraries use
 (SGD, Adam, AdamW) moves each weight against the sign of its gradient, so the
 first update's signs are checked where the gradient is clearly nonzero.
@@ -72,15 +74,21 @@ def standard_gradient(trainer, shadow, reference, rows, hp) -> dict:
                                     _logps(reference, rows, "completion", shift=True)[0])
     w = _weights(_loss_fn(trainer, hp, rows, fixed), np.concatenate(values))
     seqs = [(r["prompt_ids"], r[f"{field}_ids"]) for field in fields for r in rows]
+    return token_gradient(shadow, [(p, c, np.full(len(c), weight)) for weight, (p, c) in zip(w, seqs)])
 
+
+def token_gradient(shadow, items) -> dict:
+    """{name: gradient} of ``sum w_t log p(completion_t)`` over ``items`` of (prompt, completion,
+    per-token weights): the chain rule through the model for a loss whose derivative with respect
+    to each completion token's log-prob is ``w_t``."""
     def linear(model):
         total = mx.array(0.0)
-        for weight, (prompt, completion) in zip(w, seqs):
+        for prompt, completion, weights in items:
             seq = list(prompt) + list(completion)
             logits = model(mx.array([seq[:-1]])).astype(mx.float32)[0]
             logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-            picked = mx.take_along_axis(logp, mx.array(seq[1:])[:, None], axis=-1)[len(prompt) - 1:]
-            total = total + float(weight) * picked.sum()
+            picked = mx.take_along_axis(logp, mx.array(seq[1:])[:, None], axis=-1)[len(prompt) - 1:, 0]
+            total = total + (mx.array(np.asarray(weights, dtype=np.float32)) * picked).sum()
         return total
 
     was = shadow.training

@@ -38,10 +38,51 @@ def completion_logps(model, prompt, completion):
     return token_logps(model, list(prompt) + list(completion))[len(prompt) - 1:]
 
 
+def until_eos(completions, eos_id):
+    """Each completion cut after its first EOS: what is sampled after it is not part of the answer."""
+    return [list(c[: list(c).index(eos_id) + 1]) if eos_id in c else list(c) for c in completions]
+
+
+def _normalisers(lengths, hp, n):
+    """Each sequence's factor in the loss: its per-token terms are summed and multiplied by it."""
+    loss_type = hp["loss_type"]
+    if loss_type == "grpo":
+        return [1 / (n * m) for m in lengths]
+    if loss_type == "dr_grpo":
+        return [1 / (n * hp["max_completion_length"])] * n
+    if loss_type == "bnpo":  # each micro-batch's token mean, weighted by its share of the sequences
+        size = hp.get("batch_size", n // hp["num_generations"]) * hp["num_generations"]
+        out = []
+        for start in range(0, n, size):
+            part = lengths[start:start + size]
+            out += [len(part) / (n * sum(part))] * len(part)
+        return out
+    return [1 / sum(lengths)] * n  # dapo: over the completion tokens of the whole step
+
+
+def first_step_weights(rows, completions, policy, reference, hp, reward_funcs, decode, eos_id):
+    """d loss / d log p of every completion token at the first iteration of a generation batch
+    (ratio exactly 1, so no clip binds): ``(prompt, completion, weights)`` per completion."""
+    completions = until_eos(completions, eos_id)
+    group, n = hp["num_generations"], len(completions)
+    adv = advantages(rewards(rows, completions, group, reward_funcs, decode, eos_id), group, hp["scale_rewards"])
+    scale = _normalisers([len(c) for c in completions], hp, n)
+    out = []
+    for i, completion in enumerate(completions):
+        prompt = rows[i // group]["prompt_ids"]
+        w = np.full(len(completion), -adv[i])
+        if hp["beta"] > 0:  # d/dlogp of beta * (exp(ref - logp) - (ref - logp) - 1)
+            delta = completion_logps(reference, prompt, completion) - completion_logps(policy, prompt, completion)
+            w = w + hp["beta"] * (1 - np.exp(delta))
+        out.append((prompt, completion, w * scale[i]))
+    return out
+
+
 def step(rows, completions, policy, old_policy, reference, hp, reward_funcs, decode, eos_id):
     """The standard loss and metrics of one GRPO optimizer step.  ``old_policy`` is None on the
     first iteration of a generation batch (the ratio is then exactly 1); ``reference`` is None
-    when beta is 0."""
+    when beta is 0.  Completions are taken up to their first EOS."""
+    completions = until_eos(completions, eos_id)
     group = hp["num_generations"]
     r = rewards(rows, completions, group, reward_funcs, decode, eos_id)
     adv = advantages(r, group, hp["scale_rewards"])
@@ -66,18 +107,8 @@ def step(rows, completions, policy, old_policy, reference, hp, reward_funcs, dec
         low += int(np.sum((ratio < 1 - eps_low) & (adv[i] < 0)))
         high += int(np.sum((ratio > 1 + eps_high) & (adv[i] > 0)))
     n = len(completions)
-    loss_type = hp["loss_type"]
-    if loss_type == "grpo":
-        loss = sum(t.mean() for t in per_seq) / n
-    elif loss_type == "dr_grpo":
-        loss = sum(t.sum() for t in per_seq) / (n * hp["max_completion_length"])
-    elif loss_type == "bnpo":  # each micro-batch's token mean, weighted by its share of the sequences
-        size = hp.get("batch_size", len(rows)) * group
-        parts = [per_seq[i:i + size] for i in range(0, n, size)]
-        loss = sum(sum(t.sum() for t in p) / sum(len(t) for t in p) * len(p) / n for p in parts)
-    else:  # dapo: over the completion tokens of the whole step
-        loss = sum(t.sum() for t in per_seq) / tokens
     lengths = [len(c) for c in completions]
+    loss = sum(t.sum() * f for t, f in zip(per_seq, _normalisers(lengths, hp, n)))
     metrics = {
         "reward": float(r.mean()),
         "reward_std": float(r.reshape(-1, group).std(axis=1, ddof=1).mean()),
