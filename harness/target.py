@@ -70,6 +70,11 @@ class Target(Protocol):
         """``(extra_settings, description)`` that lets a target run where it otherwise cannot."""
 
 
+class UnsupportedSetting(ValueError):
+    """Raised by a target's ``prepare`` for hyper-parameters its library has no setting for (the
+    case's kind is ``unsupported-setting``: the path the case exists for is missing)."""
+
+
 class TargetError(LookupError):
     """A target name or spec that cannot be resolved."""
 

@@ -20,6 +20,7 @@ except ImportError:  # only the library adapters step with it, and their extras 
 from packaging.version import InvalidVersion, Version
 
 from ...trainers import SPECS
+from ..target import UnsupportedSetting
 
 # The standard hyper-parameters of each trainer (the reference trainers' names).
 STANDARD = {
@@ -108,7 +109,7 @@ def resolve_hyperparameters(library, trainer, settings, offered: dict, fixed: di
     Returns ``(standard, library_fields, control)``: the standard values as the
     library is configured, the library's config fields to set, and the
     adapter's own options (``control`` names) taken out of ``extra``.
-    Asking for a value the library cannot be configured to raises ValueError.
+    Asking for values the library cannot be configured to raises ``UnsupportedSetting`` naming them all.
     """
     extra = dict(settings.extra)
     ctl = {k: extra.pop(k) for k in control if k in extra}
@@ -116,20 +117,21 @@ def resolve_hyperparameters(library, trainer, settings, offered: dict, fixed: di
     for name in list(extra):
         if name in standard:
             standard[name] = extra.pop(name)
-    lib_fields = {}
+    lib_fields, missing = {}, []
     for name, value in list(standard.items()):
         if name in offered:
             lib_fields[offered[name]] = value
             continue
         fixed_value = fixed.get(name, NOT_OFFERED)
         if name in settings.extra and value != fixed_value:
-            raise ValueError(f"{library} {trainer} cannot be configured with {name}={value!r}: "
-                             f"it has no such setting" + ("" if fixed_value is NOT_OFFERED
-                                                          else f" (its behaviour is {name}={fixed_value!r})"))
+            missing.append(f"{name}={value!r}" + ("" if fixed_value is NOT_OFFERED
+                                                  else f" (its behaviour is {name}={fixed_value!r})"))
         if fixed_value is NOT_OFFERED:
             del standard[name]
         else:
             standard[name] = fixed_value
+    if missing:
+        raise UnsupportedSetting(f"{library} {trainer} has no setting for {', '.join(missing)}")
     lib_fields.update(extra)  # library-specific fields pass through under the library's own names
     return standard, lib_fields, ctl
 

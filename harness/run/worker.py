@@ -36,7 +36,7 @@ from ..env import deterministic, environment
 from ..judge import checks, companions
 from ..judge.golden import check_tolerances
 from ..model import Case, with_setting
-from ..target import load_target
+from ..target import UnsupportedSetting, load_target
 from ..user_model import load_case_model
 from .contract import ContractError, step_record
 from .modes import ForcedMode, ModeProbe
@@ -74,6 +74,8 @@ def classify_exception(err: BaseException) -> str:
         return "preflight"
     if isinstance(err, ContractError):
         return "contract"
+    if isinstance(err, UnsupportedSetting):
+        return "unsupported-setting"
     if isinstance(err, (ImportError, SyntaxError)):
         return "import-error"
     if VJP_MISSING in str(err):
