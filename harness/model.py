@@ -92,7 +92,8 @@ SCENARIOS = {
                          expects=("clipped", "lengths-vary", "kl-positive"),
                          knobs=(("beta", 0.0), ("loss_type", "grpo"), ("epsilon", 0.2), ("epsilon_high", 0.1),
                                 ("num_iterations", 1), ("scale_rewards", "none"), ("temperature", 0.7),
-                                ("max_completion_length", 2), ("num_generations", 2))),
+                                ("max_completion_length", 2), ("num_generations", 2),
+                                ("max_grad_norm", 0.0))),  # its norms (about 5) are clipped at 1.0
         "accumulation": Scenario("tiny-llama", {"rollout_rng": "per-prompt"},
                                  settings={"batch_size": 1, "grad_accumulation_steps": 2},
                                  companion="equivalence"),

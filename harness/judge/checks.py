@@ -11,8 +11,10 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 # The most specific first: a case's kind names what is wrong, before any check that only says "different".
-ORDER = ("completes", "ranks-agree", "training-mode", "finite", "updates", "loss-recompute", "metric-recompute",
-         "equivalence", "gradient", "analytic", "dead-knob", "coverage", "reproducible", "config", "golden")
+# A run that is not reproducible comes before every comparison with another run (equivalence,
+# dead knobs, coverage, goldens): those differences would then be noise, not findings.
+ORDER = ("completes", "ranks-agree", "training-mode", "finite", "updates", "reproducible", "loss-recompute",
+         "metric-recompute", "equivalence", "gradient", "analytic", "dead-knob", "coverage", "config", "golden")
 
 EXPLANATIONS = {
     "vjp-missing": (

@@ -90,11 +90,12 @@ def launcher() -> list:
     return [sys.executable, "-c", "import sys; from mlx._distributed_utils.launch import main; sys.exit(main())"]
 
 
-def default_backend() -> str:
-    """What mlx.launch itself would pick: NCCL on CUDA, ring otherwise."""
+def default_backend(ranks: int = 1) -> str:
+    """What mlx.launch itself would pick: NCCL on CUDA with a GPU per rank, ring otherwise (NCCL
+    refuses two ranks on one GPU)."""
     if os.environ.get(LAUNCH_BACKEND_ENV):
         return os.environ[LAUNCH_BACKEND_ENV]
-    return "nccl" if mx.cuda.is_available() else "ring"
+    return "nccl" if mx.cuda.is_available() and mx.device_count(mx.gpu) >= ranks else "ring"
 
 
 def free_port_block(count: int) -> int:
@@ -163,7 +164,7 @@ def run_process(case, timeout: float, workdir: Path, mode: str = "check", backen
     case_path = outdir / "case.json"
     ranks = case.settings.ranks
     if ranks > 1:
-        cmd = launch_command(case_path, outdir, mode, ranks, backend or default_backend(), free_port_block(ranks),
+        cmd = launch_command(case_path, outdir, mode, ranks, backend or default_backend(ranks), free_port_block(ranks),
                              hosts)
     else:
         cmd = [sys.executable, "-m", WORKER, str(case_path), str(outdir), mode]
