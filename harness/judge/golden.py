@@ -183,6 +183,8 @@ class Tolerance:
     rtol: float  # per-step loss, grad norm and metrics: |x - golden| <= atol + rtol * |golden|
     atol: float
     weights: float  # final trainable weights: max |w - w_golden| <= weights x the golden's largest update
+    steps: int = 0  # the first ``steps`` steps are held (0: every step)
+    unstable: tuple = ()  # keys not held: a step function of values that differ within the tolerance
 
 
 # Configurations that must train identically (batch B == B/k x k accumulation
@@ -192,16 +194,27 @@ EQUIVALENCE = Tolerance(rtol=2e-5, atol=5e-6, weights=1e-2)
 # On a GPU (H200, TF32 on): a split step's loss differs by up to 1.3e-4 relative, a reward metric by
 # 2.7e-4, and GRPO's final weights by 0.6 of the largest update (a sampled token can change with the
 # last bits of a logit).
-EQUIVALENCE_GPU = Tolerance(rtol=1e-3, atol=1e-3, weights=1.5)
+# Over 2 ranks under NCCL (2 x H200) step 1's grad_norm differs from batch 4's by up to 2.1e-4 relative;
+# from step 2 on, AdamW's per-weight normalisation turns rounding-level differences of near-zero
+# gradient components into full-size updates, and the traces part (grad_norm 1% apart at step 3 on
+# tiny-qwen35): step 1 is held.  rewards/accuracies counts margins of the size of that rounding
+# where the policy equals the reference (tiny-linear-attn: 0.75 against 1.0), so it is not held.
+EQUIVALENCE_GPU = Tolerance(rtol=1e-3, atol=1e-3, weights=1.5, steps=1, unstable=("rewards/accuracies",))
 
 
 def equivalence_tolerance(trainer: str, backend: str = "cpu") -> Tolerance:
     return EQUIVALENCE if backend == "cpu" else EQUIVALENCE_GPU
 
 
-def compared_keys(steps) -> list:
-    """The numeric keys of a trace that an equivalence comparison holds."""
-    return [k for k, v in steps[0].items() if k not in NOT_COMPARED and isinstance(v, (int, float))] if steps else []
+def compared_keys(steps, tol=None) -> list:
+    """The numeric keys of a trace that an equivalence comparison (under ``tol``) holds."""
+    skip = NOT_COMPARED + (tol.unstable if tol is not None else ())
+    return [k for k, v in steps[0].items() if k not in skip and isinstance(v, (int, float))] if steps else []
+
+
+def equivalence_steps(steps, tol):
+    """The steps an equivalence comparison under ``tol`` holds."""
+    return steps[: tol.steps] if tol.steps else steps
 
 
 def first_divergence(golden_steps, steps, rtol, atol, keys=None):
@@ -273,7 +286,10 @@ def data_parallel_check(golden_trace: dict, result: dict) -> dict:
                                         "class checks this trainer's data parallelism)")
     tol = equivalence_tolerance(trainer, result.get("environment", {}).get("backend", "cpu"))
     want, unchecked, count = held_steps(golden_trace["steps"], result)
-    drift = first_divergence(want, result["steps"][:len(want)], tol.rtol, tol.atol, compared_keys(want))
+    if tol.steps and len(want) > tol.steps:
+        unchecked += f"; steps after {tol.steps} not held on {result['environment']['backend']} (see EQUIVALENCE_GPU)"
+        want = equivalence_steps(want, tol)
+    drift = first_divergence(want, result["steps"][:len(want)], tol.rtol, tol.atol, compared_keys(want, tol))
     golden_label = f"batch {theirs['batch_size']}" + (f" x accumulation {theirs['grad_accumulation_steps']}"
                                                       if theirs.get("grad_accumulation_steps", 1) > 1 else "")
     if drift is None:
