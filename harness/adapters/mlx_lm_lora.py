@@ -223,7 +223,7 @@ class MlxLmLoraRun:
 
     def rows_for_step(self, k: int):
         if self.trainer_name == "grpo":
-            raise NotImplementedError("GRPO rollouts are sampled; no fixed rows per step")
+            return None  # its prompts are drawn inside the library's loop: not known here (the interface's None)
         g = self.accumulation
         self._predict(k * g)
         return [self.rows[i] for micro in self._predicted[(k - 1) * g:k * g] for i in micro]

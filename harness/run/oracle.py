@@ -18,6 +18,7 @@ from ...fixtures.rewards import DEFAULT_REWARDS
 from ..judge import gradient, grpo_oracle
 from ..judge.recompute import recompute_step
 from ..model import completion_fields
+from ..user_model import load_case_model
 
 
 def _params(model) -> dict:
@@ -29,8 +30,10 @@ def load_reference(case, fixture_config=None):
 
     Load it before the target seeds MLX's generator: building a model draws from
     it, and a draw in the middle of a run would change what GRPO samples."""
-    name = case.settings.reference_fixture or case.fixture
-    reference, _ = load_fixture(name, None if case.settings.reference_fixture else fixture_config)
+    if case.settings.reference_fixture:
+        reference, _ = load_fixture(case.settings.reference_fixture)
+    else:  # the case's own model: a fixture, or the user's model folder (--model)
+        reference, _ = load_case_model(case, fixture_config)
     if case.settings.dtype != "float32":
         reference.set_dtype(getattr(mx, case.settings.dtype))
     return reference

@@ -114,6 +114,8 @@ class WorkerPool:
             if worker.start_s is None:
                 worker.wait_ready(started + limit, self.stop)
             started, limit = time.perf_counter(), timeout  # the case's own time; start-up is reported apart
+            # The worker runs in its own folder: relative paths (a relative --reports) would miss.
+            outdir, log_path = Path(outdir).absolute(), Path(log_path).absolute()
             worker.send({"case": str(outdir / "case.json"), "outdir": str(outdir), "mode": mode,
                          "log": str(log_path)})
             worker._line(started + timeout, self.stop)

@@ -26,6 +26,7 @@ from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 
 from .. import testing
 from ..judge import golden
+from ..model import VARIANTS
 from ..project import load_config
 from ..target import registered_targets
 
@@ -95,19 +96,22 @@ class GoldenTraceExtension(SingleFileSnapshotExtension):
 
     @classmethod
     def for_case(cls, *, backend: str, target: str, trainer: str, fixture: str, variant: str,
-                 root=None, golden_key: str | None = None, exact: bool = False) -> type[GoldenTraceExtension]:
-        """A subclass bound to the golden of one case (``target`` is the case's target name)."""
+                 root=None, golden_key: str | None = None, exact: bool = False,
+                 scenario: str = "") -> type[GoldenTraceExtension]:
+        """A subclass bound to the golden of one case (``target`` is the case's target name; ``scenario``
+        its scenario's name, empty for the trainer's defaults)."""
         base = snapshot_root(root)
         key = golden_key or golden_key_of(target)
+        tail = f"{variant}/{scenario}" if scenario else variant
         attrs = {
-            "golden_file": golden.golden_path(base, backend, key, trainer, fixture, variant),
+            "golden_file": golden.golden_path(base, backend, key, trainer, fixture, variant, scenario),
             "root": base,
-            "case_id": f"{target}/{trainer}/{fixture}/{variant}",
+            "case_id": f"{target}/{trainer}/{fixture}/{tail}",
             "backend": backend,
             "exact": exact,
             "__module__": cls.__module__,
         }
-        return type(f"{cls.__name__}[{key}/{trainer}/{fixture}/{variant}@{backend}]", (cls,), attrs)
+        return type(f"{cls.__name__}[{key}/{trainer}/{fixture}/{tail}@{backend}]", (cls,), attrs)
 
     @classmethod
     def for_result(cls, data: dict, *, root=None, golden_key: str | None = None,
@@ -116,10 +120,14 @@ class GoldenTraceExtension(SingleFileSnapshotExtension):
         if _is_result(data):
             case = data["case"]
             target, trainer, fixture, variant = case["target"], case["trainer"], case["fixture"], case["variant"]
-        else:
-            target, trainer, fixture, variant = data["case"].rsplit("/", 3)
+            scenario = case.get("scenario", "")
+        else:  # a trace's case id: target/trainer/fixture/variant[/scenario]
+            head, _, last = data["case"].rpartition("/")
+            case_id, scenario = (data["case"], "") if last in VARIANTS else (head, last)
+            target, trainer, fixture, variant = case_id.rsplit("/", 3)
         return cls.for_case(backend=data["environment"]["backend"], target=target, trainer=trainer,
-                            fixture=fixture, variant=variant, root=root, golden_key=golden_key, exact=exact)
+                            fixture=fixture, variant=variant, root=root, golden_key=golden_key, exact=exact,
+                            scenario=scenario)
 
     @classmethod
     def _path(cls) -> Path:

@@ -91,7 +91,8 @@ def clearance(original, result):
     if original["failure"] is None or result["status"] == "pass":
         return None
     failing, ran_before = set(_checks(result, "fail")), {c["name"] for c in original["checks"]}
-    if original["failure"]["check"] in failing or failing & set(_checks(original, "pass")):
+    # The failing check must pass, not merely be absent: a rung's run has no config check, for one.
+    if original["failure"]["check"] not in _checks(result, "pass") or failing & set(_checks(original, "pass")):
         return None
     kinds = {c["name"]: c["kind"] for c in result["checks"]}
     return {"remaining": [f"{n} ({kinds[n]})" for n in sorted(failing & set(_checks(original, "fail")))],
@@ -104,7 +105,9 @@ def triage(case: Case, snapshots, workdir, timeout=300, golden_key=None, on_rung
     original = apply_golden(original, snapshots, golden_key or case.target, update=False)
     path = original.get("golden_path")
     original_golden = golden.read(path) if path and Path(path).exists() else None
-    drift = original["failure"] is not None and original["failure"]["check"] == "golden"
+    # Held to the golden (its numbers, or its resolved configuration): only a run the golden still applies to
+    # can say whether the failure goes.
+    drift = original["failure"] is not None and original["failure"]["check"] in ("golden", "config")
     rungs = []
     for rung in RUNGS:
         changed = rung_case(case, rung)

@@ -96,14 +96,19 @@ def test_expected_findings_file_is_well_formed():
 # -- mlx-tune -----------------------------------------------------------------
 
 
-@pytest.mark.xfail(reason="expectation written before the default matrix gained scenarios and the recompute, gradient, dead-knob and config checks; to be updated", strict=False)
 def test_mlx_tune_dpo_runs_every_check_and_misses_the_eos_token(mlx_tune):
     result = _case(mlx_tune, "dpo")
     checks = _checks(result)
     # It calls model.train(), its steps are reproducible, its first loss is ln 2 ...
     assert checks == {"completes": "pass", "training-mode": "pass", "finite": "pass", "updates": "pass",
-                      "analytic": "pass", "reproducible": "pass", "loss-recompute": "fail"}
+                      "loss-recompute": "fail", "metric-recompute": "skip", "gradient": "fail",
+                      "analytic": "pass", "reproducible": "pass"}
     assert result["failure"]["kind"] == "loss-mismatch"
+    # It reports the loss alone: no metric to recompute.  Its first update follows the gradient of a loss
+    # without the EOS tokens (the same finding), not the standard loss's.
+    skipped = next(c for c in result["checks"] if c["name"] == "metric-recompute")
+    assert skipped["reason"] == "the target reports none of the standard metrics"
+    assert next(c for c in result["checks"] if c["name"] == "gradient")["kind"] == "gradient-mismatch"
     assert abs(result["steps"][0]["loss"] - math.log(2)) < 1e-6
     # ... but at step 2 it scores completions without their EOS token (the conformance probe names it).
     finding, evidence = probes.probe_loss_agreement(
@@ -112,10 +117,14 @@ def test_mlx_tune_dpo_runs_every_check_and_misses_the_eos_token(mlx_tune):
     assert abs(evidence["steps"][1]["reported"] - evidence["steps"][1]["reproduced"]) < 1e-6
 
 
-@pytest.mark.xfail(reason="expectation written before the default matrix gained scenarios and the recompute, gradient, dead-knob and config checks; to be updated", strict=False)
 def test_mlx_tune_kto_reports_ln2_where_kto_is_one_half(mlx_tune):
     result = _case(mlx_tune, "kto", steps=2)
-    assert result["failure"]["kind"] == "analytic-mismatch"
+    # The loss recompute comes first (checks.ORDER) and says it at step 1; the closed form says it too.
+    assert result["failure"]["kind"] == "loss-mismatch"
+    assert result["failure"]["message"].startswith("step 1: reported loss 0.693147")
+    assert "standard formula 0.5 " in result["failure"]["message"]
+    analytic = next(c for c in result["checks"] if c["name"] == "analytic")
+    assert analytic["kind"] == "analytic-mismatch" and "expected 0.5" in analytic["detail"]
     assert [round(s["loss"], 6) for s in result["steps"]] == [0.693147, 0.693147]
     assert _checks(result)["updates"] == "pass"
 
@@ -142,11 +151,17 @@ def test_mlx_lm_lora_dpo_with_the_device_info_shim_passes_every_check(mlx_lm_lor
     assert _checks(result)["loss-recompute"] == "pass"
 
 
-@pytest.mark.xfail(reason="expectation written before the default matrix gained scenarios and the recompute, gradient, dead-knob and config checks; to be updated", strict=False)
 def test_mlx_lm_lora_grpo_passes_every_check(mlx_lm_lora):
     result = _case(mlx_lm_lora, "grpo")
     assert result["status"] == "pass", json.dumps(result["checks"], indent=1)
     assert _checks(result)["training-mode"] == "pass"
+    # The library samples inside its own loop: the adapter cannot say which prompts and completions a step
+    # used, so the checks recomputed from them are skipped (not failed, and not an exception); the rest pass.
+    why = "the target does not say which prompts and completions a step used (rows_for_step, completions)"
+    assert {c["name"]: c.get("reason") for c in result["checks"] if c["status"] == "skip"} == \
+        {"loss-recompute": why, "metric-recompute": why, "gradient": why}
+    assert {n for n, status in _checks(result).items() if status == "pass"} == \
+        {"completes", "training-mode", "finite", "updates", "analytic", "reproducible"}
     assert abs(result["steps"][0]["loss"]) < 1e-6
 
 

@@ -31,11 +31,11 @@ def _golden_check(case):
 # -- TF32 ----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(reason="expectation written before the default matrix gained scenarios and the recompute, gradient, dead-knob and config checks; to be updated", strict=False)
 def test_a_tf32_difference_is_its_own_tier():
     on, off = {**CUDA, "MLX_ENABLE_TF32": "1"}, {**CUDA, "MLX_ENABLE_TF32": "0"}
-    assert golden.tolerance(on, on, "float32")[:2] == (1e-3, 1e-5)
-    assert golden.tolerance(off, off, "float32")[:2] == (1e-3, 1e-5)
+    # One TF32 setting: the GPU tier (atol from the measured spread of rewards/* on an H200).
+    assert golden.tolerance(on, on, "float32")[:2] == (1e-3, 3e-4)
+    assert golden.tolerance(off, off, "float32")[:2] == (1e-3, 3e-4)
     rtol, atol, reason = golden.tolerance(on, off, "float32")
     assert (rtol, atol) == (2e-2, 1e-3) and "TF32 off but the golden's on" in reason
     assert golden.tolerance(CUDA, off, "float32")[:2] == (2e-2, 1e-3)  # a golden without the key: MLX's default, on
@@ -93,17 +93,22 @@ def test_a_longer_run_is_held_to_the_steps_its_golden_has():
     assert golden.compare(recorded, crashed)["kind"] == "golden-drift"
 
 
-@pytest.mark.xfail(reason="expectation written before the default matrix gained scenarios and the recompute, gradient, dead-knob and config checks; to be updated", strict=False)
 def test_harness_run_with_more_steps_than_the_goldens(tmp_path):
-    result, report = _run(tmp_path, "--trainer", "dpo", "--fixture", "tiny-llama", "--steps", "4", "--strict")
+    result, report = _run(tmp_path, "--scenario", "plain", "--trainer", "dpo", "--fixture", "tiny-llama",
+                          "--steps", "4", "--strict")
     assert result.exit_code == 0, result.output
     assert "1 step(s) not checked: beyond the golden's 3" in _golden_check(report["cases"][0])["detail"]
     assert "golden: 1 step(s) of 1 case(s) not checked: more or fewer --steps than their goldens hold" \
         in result.output
-    result, report = _run(tmp_path, "--target", f"{PLANTED_TARGETS}:LossConstant", "--trainer", "dpo",
-                          "--fixture", "tiny-llama", "--steps", "4")
+    result, report = _run(tmp_path, "--scenario", "plain", "--target", f"{PLANTED_TARGETS}:LossConstant",
+                          "--trainer", "dpo", "--fixture", "tiny-llama", "--steps", "4")
     assert result.exit_code == 1
-    assert report["cases"][0]["failure"]["kind"] == "golden-drift"
+    (case,) = report["cases"]
+    # beta 0.12 is in the resolved configuration, so the case fails config first; the numbers drift as well,
+    # within the golden's 3 steps.
+    assert case["failure"]["kind"] == "config-drift"
+    check = _golden_check(case)
+    assert check["kind"] == "golden-drift" and check["detail"].startswith("step 1: "), check
 
 
 # -- goldens recorded on another CPU --------------------------------------------
@@ -121,18 +126,22 @@ def goldens_from_another_cpu(tmp_path):
     return root
 
 
-@pytest.mark.xfail(reason="expectation written before the default matrix gained scenarios and the recompute, gradient, dead-knob and config checks; to be updated", strict=False)
 def test_verdicts_hold_against_goldens_from_another_cpu(tmp_path, goldens_from_another_cpu):
     if env_mod.environment()["backend"] != "cpu":
         pytest.skip("the CPU goldens hold CPU runs")
-    result, report = _run(tmp_path, "--trainer", "dpo", "--trainer", "kto", "--fixture", "tiny-llama",
-                          "--fixture", "tiny-linear-attn", "--strict", "--snapshots", str(goldens_from_another_cpu))
+    result, report = _run(tmp_path, "--scenario", "plain", "--trainer", "dpo", "--trainer", "kto", "--fixture",
+                          "tiny-llama", "--fixture", "tiny-linear-attn", "--strict", "--snapshots",
+                          str(goldens_from_another_cpu))
     assert result.exit_code == 0, result.output
+    assert len(report["cases"]) == 4
     for case in report["cases"]:
         assert "device a CPU model this machine is not -> " in _golden_check(case)["detail"]
-    result, report = _run(tmp_path, "--target", f"{PLANTED_TARGETS}:LossConstant", "--trainer", "dpo",
-                          "--fixture", "tiny-llama", "--snapshots", str(goldens_from_another_cpu))
+    result, report = _run(tmp_path, "--scenario", "plain", "--target", f"{PLANTED_TARGETS}:LossConstant",
+                          "--trainer", "dpo", "--fixture", "tiny-llama", "--snapshots", str(goldens_from_another_cpu))
     assert result.exit_code == 1
-    failure = report["cases"][0]["failure"]
-    assert failure["kind"] == "golden-drift" and "rtol 1e-05, atol 1e-07" in failure["message"]
+    (case,) = report["cases"]
+    assert case["failure"]["kind"] == "config-drift"  # beta 0.12 is in the resolved configuration, checked first
+    # The golden check itself: the drift is caught at the other-CPU tolerance, not waved through.
+    check = _golden_check(case)
+    assert check["kind"] == "golden-drift" and "rtol 1e-05, atol 1e-07" in check["detail"], check
     assert Path(report["cases"][0]["golden_path"]).is_relative_to(goldens_from_another_cpu)

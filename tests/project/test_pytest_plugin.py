@@ -1,8 +1,8 @@
-import pytest
 """The pytest plugin: inert without --harness (no MLX, no syrupy), the CLI's matrix and goldens with it.
 
 Each test runs a real pytest session in a scratch project whose
-``[tool.mlx-trainer-harness]`` table selects one cheap case.
+``[tool.mlx-trainer-harness]`` table selects one cheap trainer and fixture:
+its plain case and the one scenario on that fixture (DPO's accumulation).
 """
 
 import json
@@ -45,6 +45,7 @@ def test_modules_loaded():
 """
 
 GOLDEN = Path("goldens/cpu/reference/dpo/tiny-llama--fp32.json")
+SCENARIO_GOLDEN = Path("goldens/cpu/reference/dpo/tiny-llama--fp32--accumulation.json")
 
 
 def _project(tmp_path, trainers='["dpo"]'):
@@ -94,38 +95,40 @@ def test_without_syrupy_a_plain_run_works_and_harness_says_what_to_install(tmp_p
     assert "--harness needs syrupy: pip install 'mlx-trainer-harness[pytest]'" in out, out
 
 
-@pytest.mark.xfail(reason="expectation written before the default matrix gained scenarios and the recompute, gradient, dead-knob and config checks; to be updated", strict=False)
 def test_with_harness_goldens_are_the_clis(tmp_path, monkeypatch):
     root = _project(tmp_path)
-    # 1. No golden yet: the case fails and says how to record one.
+    # 1. No golden yet: the cases fail and say how to record one.
     rc, out = _pytest(root, "--harness", "tests/test_harness.py")
-    assert rc == 1, out
+    assert rc == 1 and "2 failed" in out, out
     assert "reference/dpo/tiny-llama/fp32" in out and "record it with `pytest --snapshot-update`" in out, out
-    assert not (root / GOLDEN).exists()
+    assert not (root / GOLDEN).exists() and not (root / SCENARIO_GOLDEN).exists()
 
-    # 2. --snapshot-update records it where the table says.
+    # 2. --snapshot-update records them where the table says, the scenario's under its own name.
     rc, out = _pytest(root, "--harness", "--snapshot-update", "tests/test_harness.py")
-    assert rc == 0, out
-    recorded = (root / GOLDEN).read_bytes()
+    assert rc == 0 and "2 passed" in out, out
+    recorded = {path: (root / path).read_bytes() for path in (GOLDEN, SCENARIO_GOLDEN)}
+    assert json.loads(recorded[SCENARIO_GOLDEN])["case"] == "reference/dpo/tiny-llama/fp32/accumulation"
 
-    # 3. The CLI, from the same project root, holds its run to that golden and writes the same bytes.
+    # 3. The CLI, from the same project root, holds its runs to those goldens and writes the same bytes.
     monkeypatch.chdir(root)
     result = CliRunner().invoke(main, ["run", "--strict"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "1 passed, 0 failed" in result.output
+    assert "2 passed, 0 failed" in result.output
     result = CliRunner().invoke(main, ["run", "--update-snapshots", "--snapshots", "cli"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert (root / "cli" / GOLDEN.relative_to("goldens")).read_bytes() == recorded
+    for path, text in recorded.items():
+        assert (root / "cli" / path.relative_to("goldens")).read_bytes() == text, path
     monkeypatch.chdir(tmp_path)
 
-    # 4. A plain --harness run passes; a drifted golden fails it with the step and key.
+    # 4. A plain --harness run passes; a drifted golden fails its case with the step and key.
     rc, out = _pytest(root, "--harness", "tests/test_harness.py")
-    assert rc == 0 and "1 passed" in out, out
+    assert rc == 0 and "2 passed" in out, out
+    recorded = recorded[GOLDEN]
     trace = json.loads(recorded)
     trace["steps"][1]["loss"] += 1e-3
     (root / GOLDEN).write_text(golden.dumps(trace))
     rc, out = _pytest(root, "--harness", "tests/test_harness.py")
-    assert rc == 1, out
+    assert rc == 1 and "1 failed, 1 passed" in out, out
     assert f"step 2: loss expected {trace['steps'][1]['loss']!r}" in out, out
 
 
