@@ -21,6 +21,9 @@ from . import checks
 SPLIT_SETTINGS = ("batch_size", "grad_accumulation_steps", "ranks", "steps")
 # Values that are not numerics of the trainer.
 NOT_COMPARED = ("step", "learning_rate")
+# Not held where a trace is only approximately reproducible (bf16 on a GPU): a step function of values
+# that may differ within the tolerance (5 H200 runs of DPO bf16: 0.25 against the golden's 0.5).
+UNSTABLE_APPROXIMATE = ("rewards/accuracies",)
 
 
 NO_GOLDEN = "no golden recorded: run with --update-snapshots"
@@ -36,6 +39,11 @@ def tolerance(golden_env: dict, env: dict, dtype: str, approximate: bool = False
 
     ``approximate``: the trace comes from another configuration that must agree
     (a triage rung, an equivalence-class member), so never demand bit equality."""
+    if dtype != "float32" and env["backend"] != "cpu":
+        # H200, 5 runs of each trainer's tiny-llama bf16 case against its golden: grad_norm up to 2.6e-2
+        # relative apart, loss 4.2e-3, reward metrics 1.4e-3 and log_odds_chosen 3.1e-3 absolute (the
+        # GPU's bf16 reductions are not bitwise reproducible between processes); twice that.
+        return 5e-2, 5e-3, f"{dtype} on {env['backend']}: approximate, not reproducible between processes"
     if dtype != "float32":
         return 2e-2, 1e-3, f"{dtype}: approximate"
     if env["backend"] != "cpu" and tf32(golden_env) != tf32(env):
@@ -256,7 +264,10 @@ def compare(golden: dict, result: dict, approximate: bool = False):
     env, dtype = result["environment"], result["case"]["settings"]["dtype"]
     rtol, atol, reason = tolerance(golden["environment"], env, dtype, approximate)
     want, unchecked, count = held_steps(golden["steps"], result)
-    diff = first_divergence(want, result["steps"][:len(want)], rtol, atol)
+    keys = None
+    if dtype != "float32" and env["backend"] != "cpu":  # a count of margins the size of that spread
+        keys = [k for k in (want[0] if want else {}) if k not in UNSTABLE_APPROXIMATE]
+    diff = first_divergence(want, result["steps"][:len(want)], rtol, atol, keys)
     drift = version_drift(golden["environment"], env)
     note = f" [golden taken with {'; '.join(drift)}]" if drift else ""
     if diff is None:
