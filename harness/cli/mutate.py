@@ -38,10 +38,14 @@ def _check_run_args(run_args):
 @click.option("--snapshots", "snapshots_dir", type=click.Path(file_okay=False),
               help="Golden snapshot folder copied into each run.  [default: snapshots/ in the project root]")
 @click.option("--reports", "reports_dir", default="reports", show_default=True, type=click.Path(file_okay=False))
+@click.option("--rescore", "rescore_path", type=click.Path(exists=True, dir_okay=False),
+              help="Judge the runs of an earlier mutation.json against the catalogue as it is now (its "
+                   "kinds edited), running nothing.")
 @click.option("--gate", is_flag=True, help="Exit 1 below the thresholds (caught >= 95%, right kind >= 90%, "
                                            "0 false alarms).")
 @click.argument("run_args", nargs=-1, type=click.UNPROCESSED)
-def mutate_command(mutant_ids, reruns, jobs, timeout, catalogue_path, snapshots_dir, reports_dir, gate, run_args):
+def mutate_command(mutant_ids, reruns, jobs, timeout, catalogue_path, snapshots_dir, reports_dir, rescore_path,
+                   gate, run_args):
     """Apply each mutant of trainers/ to a copy of the project, run `harness run RUN_ARGS` there, and score
     how many the run catches with the right failure kind.  RUN_ARGS (e.g. --trainer dpo --fixture tiny-llama)
     go to harness run unchanged; by default it runs the default matrix."""
@@ -59,6 +63,12 @@ def mutate_command(mutant_ids, reruns, jobs, timeout, catalogue_path, snapshots_
     _check_run_args(run_args)
     snapshots = Path(snapshots_dir) if snapshots_dir else project_config().snapshots
     run_id = new_run_id()
+    if rescore_path:
+        try:
+            score, run_args = mutate_mod.rescored(rescore_path, mutants)
+        except mutate_mod.CatalogueError as err:
+            fail_usage(str(err))
+        return _finish(score, run_args, reports_dir, run_id, gate)
     click.echo(f"harness mutate {run_id}: {len(mutants)} mutant(s), {reruns} unmodified rerun(s), {jobs} job(s); "
                f"harness run {' '.join(run_args) or '(default matrix)'}")
     done = {"mutant": 0, "rerun": 0}
@@ -76,6 +86,10 @@ def mutate_command(mutant_ids, reruns, jobs, timeout, catalogue_path, snapshots_
 
     score = mutate_mod.score(mutants, run_args, reruns=reruns, jobs=jobs, snapshots=snapshots, timeout=timeout,
                              on_result=progress)
+    _finish(score, run_args, reports_dir, run_id, gate)
+
+
+def _finish(score, run_args, reports_dir, run_id, gate):
     click.echo()
     click.echo(mutate_mod.table(score))
     click.echo()

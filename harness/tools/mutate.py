@@ -244,11 +244,25 @@ def judge(mutant, code, report, output, duration) -> dict:
         result["status"] = "broken"
         result["reason"] = (output or "").strip().splitlines()[-1:] or [""]
     if mutant is not None:
-        caught = result["status"] == "caught"
-        result["right_kind"] = caught and all(k in mutant.kinds for k in result["cases"].values())
-        # Caught with the wrong kind although a listed kind failed in every failing case: the check order hid it.
-        result["listed_kind_failed"] = caught and all(
-            any(k in mutant.kinds for k in kinds) for kinds in result["checks"].values())
+        rescore(mutant, result)
+    return result
+
+
+# A case that only drifted from its golden says "changed", and names no fault: beside cases that name
+# the listed kind it does not make the catch wrong; alone it is not a named catch.
+NEUTRAL_KINDS = ("golden-drift",)
+
+
+def rescore(mutant, result) -> dict:
+    """Set ``right_kind`` (every failing case reports a listed kind or a neutral one, and at least one
+    a listed kind) and ``listed_kind_failed`` of ``result`` against ``mutant``'s kinds."""
+    caught = result["status"] == "caught"
+    kinds = list(result["cases"].values())
+    result["right_kind"] = (caught and all(k in mutant.kinds or k in NEUTRAL_KINDS for k in kinds)
+                            and any(k in mutant.kinds for k in kinds))
+    # Caught with the wrong kind although a listed kind failed in every failing case: the check order hid it.
+    result["listed_kind_failed"] = caught and all(
+        any(k in mutant.kinds for k in kinds) for kinds in result["checks"].values())
     return result
 
 
@@ -305,6 +319,24 @@ def score(mutants, run_args=(), reruns=10, jobs=1, snapshots=None, timeout=DEFAU
     finally:
         pool.shutdown(wait=True)
     return out
+
+
+def rescored(path, mutants):
+    """``(Score, run_args)`` of the runs in an earlier ``mutation.json``, judged against ``mutants``
+    (every mutant of the file must be in the catalogue)."""
+    try:
+        data = json.loads(Path(path).read_text())
+        results, reruns, run_args = data["mutants"], data["reruns"], data["run_args"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CatalogueError(f"{path}: not a mutation.json of harness mutate ({err})") from None
+    by_id = {m.id: m for m in mutants}
+    unknown = [r["id"] for r in results if r["id"] not in by_id]
+    if unknown:
+        raise CatalogueError(f"{path}: mutant(s) not in the catalogue: {', '.join(unknown)}")
+    kept = ("id", "exit", "duration_s", "cases", "checks", "messages", "status", "reason", "killed")
+    out = Score([by_id[r["id"]] for r in results], reruns=reruns)
+    out.results = [rescore(by_id[r["id"]], {k: r[k] for k in kept if k in r}) for r in results]
+    return out, run_args
 
 
 def _kinds_text(cases: dict) -> str:
