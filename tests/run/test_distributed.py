@@ -23,7 +23,7 @@ def _run(tmp_path, *args):
 
 def test_two_ranks_match_the_single_process_goldens(tmp_path):
     result, report = _run(tmp_path, "--ranks", "2", "--trainer", "dpo", "--trainer", "kto", "--fixture",
-                          "tiny-llama", "--strict")
+                          "tiny-llama", "--variant", "fp32", "--strict")
     assert result.exit_code == 0, result.output
     assert "2 case(s) of 2 ranks, 1 job(s)" in result.output
     for case in report["cases"]:

@@ -37,9 +37,9 @@ def test_passing_run_exits_0_and_writes_all_reports(tmp_path):
     assert {"trainer", "fixture", "target"} <= set(case["case"])
     assert case["status"] == "pass" and case["failure"] is None
     assert [s["step"] for s in case["steps"]] == [1, 2, 3] and all("loss" in s for s in case["steps"])
-    assert [c["name"] for c in case["checks"]] == ["completes", "training-mode", "finite", "updates",
+    assert [c["name"] for c in case["checks"]] == ["completes", "training-mode", "finite", "updates", "reproducible",
                                                   "loss-recompute", "metric-recompute", "gradient", "analytic",
-                                                  "reproducible", "config", "golden"]
+                                                  "config", "golden"]
     assert all(c["status"] == "pass" for c in case["checks"])
     assert {"mlx", "mlx-lm", "python", "backend", "device"} <= set(report["environment"])
     out = Path(tmp_path / "reports" / report["run_id"])
@@ -183,7 +183,15 @@ def test_default_matrix_passes_against_the_committed_goldens(tmp_path):
     """The CI gate itself: every trainer on every fixture, strict."""
     result, report = _run(tmp_path, "--strict")
     assert result.exit_code == 0, result.output
-    # 5 trainers x 4 fixtures, and the 15 scenarios (harness list)
-    assert len(report["cases"]) == 20 + 15
-    assert sum(bool(c["case"]["scenario"]) for c in report["cases"]) == 15
-    assert {c["case"]["trainer"] for c in report["cases"]} == {"dpo", "orpo", "kto", "simpo", "grpo"}
+    # 5 trainers x 4 fixtures in fp32, each trainer's bf16, lora and compiled cases on tiny-llama, the 15
+    # scenarios (harness list) and KTO over 2 ranks
+    cases = report["cases"]
+    assert len(cases) == 20 + 15 + 15 + 1
+    assert sum(bool(c["case"]["scenario"]) for c in cases) == 15
+    assert {c["case"]["trainer"] for c in cases} == {"dpo", "orpo", "kto", "simpo", "grpo"}
+    variants = [(c["case"]["trainer"], c["case"]["fixture"], c["case"]["variant"]) for c in cases
+                if c["case"]["variant"] != "fp32"]
+    assert sorted(variants) == sorted((t, "tiny-llama", v) for t in ("dpo", "orpo", "kto", "simpo", "grpo")
+                                      for v in ("bf16", "lora", "compiled"))
+    assert [c["id"] for c in cases if c["case"]["settings"]["ranks"] > 1] == ["reference/kto/tiny-llama/fp32/2ranks"]
+    assert all(c["status"] == "pass" for c in cases)
