@@ -91,7 +91,8 @@ SCENARIOS = {
         "dapo": Scenario("tiny-warm", {**_GRPO_HARD, "loss_type": "dapo"}, settings={"learning_rate": 1e-3},
                          expects=("clipped", "lengths-vary", "kl-positive"),
                          knobs=(("beta", 0.0), ("loss_type", "grpo"), ("epsilon", 0.2), ("epsilon_high", 0.1),
-                                ("num_iterations", 1), ("scale_rewards", "none"), ("temperature", 0.7),
+                                ("num_iterations", 1), ("scale_rewards", "none"), ("scale_rewards", "batch"),
+                                ("temperature", 0.7),
                                 ("max_completion_length", 2), ("num_generations", 2),
                                 ("max_grad_norm", 0.0))),  # its norms (about 5) are clipped at 1.0
         "accumulation": Scenario("tiny-llama", {"rollout_rng": "per-prompt"},

@@ -355,3 +355,22 @@ def apply_golden(result: dict, root: Path, golden_key: str, update: bool) -> dic
     result["checks"] = [c for c in result["checks"] if c["name"] not in ("golden", "config")] + [check] + extra
     result["golden_path"] = str(path)
     return checks.conclude(result)
+
+
+def golden_moved(results) -> list:
+    """A data-parallel case whose one-process counterpart in the same run drifted from the same golden
+    reports ``golden-drift``, not ``equivalence-drift``: the golden moved, not the data parallelism."""
+    def drifted(r):
+        return any(c["name"] == "golden" and c["kind"] == "golden-drift" for c in r["checks"])
+
+    moved = {r["golden_path"] for r in results
+             if r.get("golden_path") and r["case"]["settings"].get("ranks", 1) == 1 and drifted(r)}
+    for r in results:
+        if r["case"]["settings"].get("ranks", 1) > 1 and r.get("golden_path") in moved:
+            for c in r["checks"]:
+                if c["name"] == "golden" and c["kind"] == "equivalence-drift":
+                    c["kind"] = "golden-drift"
+                    c["detail"] += " (the one-process case drifted from this golden too: the golden moved)"
+            checks.conclude(r)
+    return results
+

@@ -139,7 +139,7 @@ def run_cases(cases, *, jobs=1, timeout=launch.DEFAULT_TIMEOUT, snapshots=None, 
         if case.id not in results:
             results[case.id] = unfinished_result(case, "not-run", f"not started: the run was stopped by "
                                                                   f"{stop.reason}")
-    return [results[c.id] for c in cases]
+    return golden.golden_moved([results[c.id] for c in cases])
 
 
 def _keep_log(result, log_path, logs) -> None:
