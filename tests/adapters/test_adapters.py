@@ -20,6 +20,8 @@ from mlxth.harness import conformance  # noqa: E402
 from mlxth.harness.cli import main  # noqa: E402
 from mlxth.harness.conformance import probes  # noqa: E402
 from mlxth.harness.adapters import StepLoop, resolve_hyperparameters  # noqa: E402
+from mlxth.harness.run.worker import classify_exception  # noqa: E402
+from mlxth.harness.target import UnsupportedSetting  # noqa: E402
 from mlxth.harness.model import Case, case_settings  # noqa: E402
 from mlxth.harness.target import Settings, load_target  # noqa: E402
 from support import SNAPSHOTS  # noqa: E402
@@ -75,8 +77,19 @@ def test_a_standard_value_the_library_cannot_take_is_refused():
     hp, fields_, _ = resolve_hyperparameters("lib", "dpo", Settings(extra={"beta": 0.3}), offered, fixed)
     assert hp == {"beta": 0.3, "loss_type": "sigmoid", "label_smoothing": 0.0}
     assert fields_ == {"beta": 0.3, "loss_type": "sigmoid"}
-    with pytest.raises(ValueError, match="label_smoothing"):
+    with pytest.raises(UnsupportedSetting, match="label_smoothing"):
         resolve_hyperparameters("lib", "dpo", Settings(extra={"label_smoothing": 0.1}), offered, fixed)
+    # every setting the library lacks is named at once, with what it does instead where that is known
+    with pytest.raises(UnsupportedSetting) as err:
+        resolve_hyperparameters("lib", "grpo", Settings(extra={"epsilon": 0.05, "num_iterations": 2}),
+                                {"beta": "beta"}, {"num_iterations": 1})
+    assert str(err.value) == ("lib grpo has no setting for epsilon=0.05, num_iterations=2 "
+                              "(its behaviour is num_iterations=1)")
+
+
+def test_a_setting_the_library_lacks_is_its_own_kind_of_case_failure():
+    assert classify_exception(UnsupportedSetting("lib grpo has no setting for epsilon=0.05")) == "unsupported-setting"
+    assert classify_exception(ValueError("anything else")) == "exception"
 
 
 def test_both_adapters_are_registered_targets(mlx_tune, mlx_lm_lora):

@@ -94,9 +94,12 @@ def test_the_verdict_caught_right_kind_golden_drift_alone_and_broken():
     assert drift["listed_kind_failed"]  # the check order hid the listed kind
     assert not mutate.judge(m, 1, _report(["golden-drift"]), "", 1.0)["listed_kind_failed"]
     assert drift["checks"] == {"reference/dpo/0/fp32": ["golden-drift", "loss-mismatch"]}
-    # every failing case must report a listed kind
+    # every failing case must report a listed kind, or only golden-drift (it names no fault) beside one that does
     mixed = mutate.judge(m, 1, _report(["loss-mismatch"], ["exception"]), "", 1.0)
     assert mixed["status"] == "caught" and not mixed["right_kind"]
+    beside = mutate.judge(m, 1, _report(["loss-mismatch"], ["golden-drift"]), "", 1.0)
+    assert beside["status"] == "caught" and beside["right_kind"]
+    assert not mutate.judge(m, 1, _report(["golden-drift"], ["golden-drift"]), "", 1.0)["right_kind"]
     assert mutate.judge(m, 0, _report([]), "", 1.0)["status"] == "survived"
     broken = mutate.judge(m, 2, None, "Error: no such option\n", 1.0)
     assert broken["status"] == "broken" and broken["reason"] == ["Error: no such option"] and not broken["right_kind"]
@@ -235,3 +238,21 @@ def _alive(pid) -> bool:
         return False
     stat = Path(f"/proc/{pid}/stat")
     return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")  # a zombie is dead
+
+
+def test_rescore_judges_stored_runs_against_the_catalogue_as_it_is_now(tmp_path):
+    m = mutate.Mutant("m", "losses.py", "a", "b", "d", ("loss-mismatch",), "recompute")
+    run = mutate.judge(m, 1, _report(["metric-mismatch"]), "", 1.0)
+    assert not run["right_kind"]
+    stored = tmp_path / "mutation.json"
+    stored.write_text(json.dumps(mutate.Score([m], results=[run], reruns=[{"status": "survived"}]).to_json(SMALL)))
+    widened = mutate.Mutant("m", "losses.py", "a", "b", "d", ("loss-mismatch", "metric-mismatch"), "recompute")
+    score, run_args = mutate.rescored(stored, [widened])
+    assert run_args == SMALL and score.results[0]["right_kind"] and score.summary()["reruns"] == 1
+    with pytest.raises(mutate.CatalogueError, match="not in the catalogue: m"):
+        mutate.rescored(stored, [mutate.Mutant("other", "losses.py", "a", "b", "d", ("x",), "recompute")])
+    stored.write_text("{}")
+    with pytest.raises(mutate.CatalogueError, match="not a mutation.json"):
+        mutate.rescored(stored, [widened])
+    result = CliRunner().invoke(main, ["mutate", "--rescore", str(stored)])
+    assert result.exit_code == 2 and "not a mutation.json" in result.output
