@@ -171,8 +171,10 @@ def _companions(case: Case, records, obs) -> list:
     out = [companions.coverage(spec.expects, records)] if spec.expects else []
     final = _snapshot(obs["model"])
     if spec.knobs:
-        varied = []
+        varied, in_force = [], obs.get("hp") or {}
         for name, value in spec.knobs:
+            if name in in_force and in_force[name] == value:
+                continue  # already the case's own value (a changed default): varying it to itself tests nothing
             settings = with_setting(case.settings, name, value)
             k_records, k_error, k_obs = run_once(replace(case, settings=settings), probe=False)
             varied.append((name, value, k_records, _snapshot(k_obs["model"]), k_error))
