@@ -214,7 +214,7 @@ def build_matrix(target, trainers=(), fixtures=(), variants=(), steps=3, ranks=1
     """The cases for one loaded target; empty filters mean everything the target offers.
 
     Each trainer's plain cases (its defaults, every fixture or model folder and variant; with no
-    variant and no fixture named, fp32 everywhere and ``RELEASE_VARIANTS`` on ``VARIANT_FIXTURE``,
+    variant, fixture or scenario named, fp32 everywhere and ``RELEASE_VARIANTS`` on ``VARIANT_FIXTURE``,
     after the ``DATA_PARALLEL_CASE`` of a target that trains data-parallel) come first,
     then its scenarios in fp32 on their own fixture; ``scenarios`` picks by name (``PLAIN`` for
     the plain cases).  ``project``: per-trainer settings (``case_settings``); ``models``:
@@ -222,9 +222,9 @@ def build_matrix(target, trainers=(), fixtures=(), variants=(), steps=3, ranks=1
     fixture is named).  Raises ``ValueError`` when a case's batch cannot be split over ``ranks``."""
     trainers = trainers or tuple(t for t in TRAINERS if t in target.trainers())
     sources = [(f, "") for f in (fixtures or (() if models else FIXTURES))] + [(n, str(p)) for n, p in models]
-    # Named variants run on every source; by default fp32 does, and, when no fixture is named either
-    # (the default matrix), each release variant on one fixture.
-    default_matrix = not variants and not fixtures
+    # Named variants run on every source; by default fp32 does, and, when no fixture or scenario is
+    # named either (the default matrix), each release variant on one fixture.
+    default_matrix = not variants and not fixtures and not scenarios
     plain = [(f, path, v) for f, path in sources for v in variants or DEFAULT_VARIANTS]
     if default_matrix:
         plain += [(f, path, v) for f, path in sources if f == VARIANT_FIXTURE and not path for v in RELEASE_VARIANTS]
@@ -233,7 +233,7 @@ def build_matrix(target, trainers=(), fixtures=(), variants=(), steps=3, ranks=1
     cases = []
     dp_trainer, dp_ranks = DATA_PARALLEL_CASE
     if (default_matrix and ranks == 1 and getattr(target, "data_parallel", False) and dp_trainer in trainers
-            and (not scenarios or PLAIN in scenarios) and any(f == VARIANT_FIXTURE and not p for f, p in sources)):
+            and any(f == VARIANT_FIXTURE and not p for f, p in sources)):
         # First, so that its processes start while the pool's workers import.
         cases.append(Case(target.name, dp_trainer, VARIANT_FIXTURE, "fp32",
                           case_settings(dp_trainer, "fp32", steps, dp_ranks, project.get(dp_trainer)), target.spec))
