@@ -13,7 +13,8 @@ from tabulate import tabulate
 from ...fixtures import FIXTURES
 from ..judge.equivalence import CLASSES
 from ..judge.golden import EQUIVALENCE
-from ..model import DEFAULT_VARIANTS, SCENARIOS, TRAINERS, VARIANTS
+from ..model import (DATA_PARALLEL_CASE, DEFAULT_VARIANTS, RELEASE_VARIANTS, SCENARIOS, TRAINERS, VARIANT_FIXTURE,
+                     VARIANTS)
 from ..target import load_target, registered_targets
 from .common import main
 from . import bench, conformance, init, mutate, run, sweep, tools  # noqa: F401 - each registers its commands on ``main``
@@ -35,7 +36,9 @@ def list_command():
     click.echo()
     click.echo("trainers: " + ", ".join(TRAINERS))
     click.echo("fixtures: " + ", ".join(FIXTURES))
-    click.echo("variants: " + ", ".join(f"{k}{' (default)' if k in DEFAULT_VARIANTS else ''}" for k in VARIANTS))
+    click.echo("variants: " + ", ".join(f"{k}{' (default)' if k in DEFAULT_VARIANTS else ''}" for k in VARIANTS)
+               + f"; the default run adds {', '.join(RELEASE_VARIANTS)} on {VARIANT_FIXTURE}, and "
+               f"{DATA_PARALLEL_CASE[0]} on {DATA_PARALLEL_CASE[1]} ranks for a data-parallel target")
     click.echo()
     click.echo("scenarios (fp32, in the default run; --scenario plain for the trainers' defaults alone):")
     for trainer, scenarios in SCENARIOS.items():
