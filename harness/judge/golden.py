@@ -21,8 +21,9 @@ from . import checks
 SPLIT_SETTINGS = ("batch_size", "grad_accumulation_steps", "ranks", "steps")
 # Values that are not numerics of the trainer.
 NOT_COMPARED = ("step", "learning_rate")
-# Not held where a trace is only approximately reproducible (bf16 on a GPU): a step function of values
-# that may differ within the tolerance (5 H200 runs of DPO bf16: 0.25 against the golden's 0.5).
+# Not held where a trace is only approximately reproducible (bf16 on a GPU, data-parallel members on a
+# GPU): a step function of values that may differ within the tolerance (5 H200 runs of DPO bf16: 0.25
+# against the golden's 0.5).
 UNSTABLE_APPROXIMATE = ("rewards/accuracies",)
 
 
@@ -57,6 +58,12 @@ def tolerance(golden_env: dict, env: dict, dtype: str, approximate: bool = False
     if approximate:
         return 1e-5, 1e-7, "fp32 on cpu, another configuration of the same case"
     return 0.0, 0.0, "exact: fp32 on cpu, same library versions"
+
+
+def unheld_keys(env: dict, dtype: str) -> tuple:
+    """Keys a golden comparison does not hold in ``env``: on the bf16-on-a-GPU tier,
+    ``UNSTABLE_APPROXIMATE`` (a count of margins the size of that tier's spread)."""
+    return UNSTABLE_APPROXIMATE if dtype != "float32" and env["backend"] != "cpu" else ()
 
 
 def tf32(env: dict) -> bool:
@@ -207,7 +214,7 @@ EQUIVALENCE = Tolerance(rtol=2e-5, atol=5e-6, weights=1e-2)
 # gradient components into full-size updates, and the traces part (grad_norm 1% apart at step 3 on
 # tiny-qwen35): step 1 is held.  rewards/accuracies counts margins of the size of that rounding
 # where the policy equals the reference (tiny-linear-attn: 0.75 against 1.0), so it is not held.
-EQUIVALENCE_GPU = Tolerance(rtol=1e-3, atol=1e-3, weights=1.5, steps=1, unstable=("rewards/accuracies",))
+EQUIVALENCE_GPU = Tolerance(rtol=1e-3, atol=1e-3, weights=1.5, steps=1, unstable=UNSTABLE_APPROXIMATE)
 
 
 def equivalence_tolerance(trainer: str, backend: str = "cpu") -> Tolerance:
@@ -264,9 +271,8 @@ def compare(golden: dict, result: dict, approximate: bool = False):
     env, dtype = result["environment"], result["case"]["settings"]["dtype"]
     rtol, atol, reason = tolerance(golden["environment"], env, dtype, approximate)
     want, unchecked, count = held_steps(golden["steps"], result)
-    keys = None
-    if dtype != "float32" and env["backend"] != "cpu":  # a count of margins the size of that spread
-        keys = [k for k in (want[0] if want else {}) if k not in UNSTABLE_APPROXIMATE]
+    unheld = unheld_keys(env, dtype)
+    keys = [k for k in (want[0] if want else {}) if k not in unheld] if unheld else None
     diff = first_divergence(want, result["steps"][:len(want)], rtol, atol, keys)
     drift = version_drift(golden["environment"], env)
     note = f" [golden taken with {'; '.join(drift)}]" if drift else ""
@@ -373,4 +379,3 @@ def golden_moved(results) -> list:
                     c["detail"] += " (the one-process case drifted from this golden too: the golden moved)"
             checks.conclude(r)
     return results
-

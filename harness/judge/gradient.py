@@ -5,7 +5,7 @@ to each log-prob is taken numerically (central differences, float64) from the
 formulas in ``formulas.py``, and the chain rule through the model is MLX's
 autodiff of ``sum_i w_i logp_i`` on unpadded sequences.  GRPO's first step
 (ratio exactly 1) has per-token weights in closed form
-(``grpo_oracle.first_step_weights``).  The target reports
+(``grpo_oracle.step``).  The target reports
 its pre-clip gradient norm; and at step 1 every optimizer MLX libraries use
 (SGD, Adam, AdamW) moves each weight against the sign of its gradient, so the
 first update's signs are checked where the gradient is clearly nonzero.

@@ -60,27 +60,11 @@ def _normalisers(lengths, hp, n):
     return [1 / sum(lengths)] * n  # dapo: over the completion tokens of the whole step
 
 
-def first_step_weights(rows, completions, policy, reference, hp, reward_funcs, decode, eos_id):
-    """d loss / d log p of every completion token at the first iteration of a generation batch
-    (ratio exactly 1, so no clip binds): ``(prompt, completion, weights)`` per completion."""
-    completions = until_eos(completions, eos_id)
-    group, n = hp["num_generations"], len(completions)
-    adv = advantages(rewards(rows, completions, group, reward_funcs, decode, eos_id), group, hp["scale_rewards"])
-    scale = _normalisers([len(c) for c in completions], hp, n)
-    out = []
-    for i, completion in enumerate(completions):
-        prompt = rows[i // group]["prompt_ids"]
-        w = np.full(len(completion), -adv[i])
-        if hp["beta"] > 0:  # d/dlogp of beta * (exp(ref - logp) - (ref - logp) - 1)
-            delta = completion_logps(reference, prompt, completion) - completion_logps(policy, prompt, completion)
-            w = w + hp["beta"] * (1 - np.exp(delta))
-        out.append((prompt, completion, w * scale[i]))
-    return out
-
-
 def step(rows, completions, policy, old_policy, reference, hp, reward_funcs, decode, eos_id):
-    """The standard loss and metrics of one GRPO optimizer step.  ``old_policy`` is None on the
-    first iteration of a generation batch (the ratio is then exactly 1); ``reference`` is None
+    """``(loss, metrics, weights)`` of one GRPO optimizer step by the standard definitions.
+    ``old_policy`` is None on the first iteration of a generation batch: the ratio is then exactly
+    1, no clip binds, and ``weights`` is d loss / d log p of every completion token in closed form,
+    ``(prompt, completion, per-token weights)`` per completion (else None).  ``reference`` is None
     when beta is 0.  Completions are taken up to their first EOS."""
     completions = until_eos(completions, eos_id)
     group = hp["num_generations"]
@@ -88,7 +72,7 @@ def step(rows, completions, policy, old_policy, reference, hp, reward_funcs, dec
     adv = advantages(r, group, hp["scale_rewards"])
     eps_low = hp["epsilon"]
     eps_high = hp["epsilon"] if hp.get("epsilon_high") is None else hp["epsilon_high"]
-    per_seq, tokens, low, high, kls, near = [], 0, 0, 0, [], False
+    per_seq, slopes, tokens, low, high, kls, near = [], [], 0, 0, 0, [], False
     for i, completion in enumerate(completions):
         prompt = rows[i // group]["prompt_ids"]
         logp = completion_logps(policy, prompt, completion)
@@ -96,19 +80,24 @@ def step(rows, completions, policy, old_policy, reference, hp, reward_funcs, dec
         ratio = np.exp(logp - old)
         clipped = np.clip(ratio, 1 - eps_low, 1 + eps_high)
         per_token = -np.minimum(ratio * adv[i], clipped * adv[i])
+        slope = np.full(len(completion), -adv[i])  # d per_token / d logp at ratio 1
         if hp["beta"] > 0:
             delta = completion_logps(reference, prompt, completion) - logp
             kl = np.exp(delta) - delta - 1
             per_token = per_token + hp["beta"] * kl
+            slope = slope + hp["beta"] * (1 - np.exp(delta))  # d/dlogp of beta * (exp(ref - logp) - ... - 1)
             kls.append(kl)
         per_seq.append(per_token)
+        slopes.append((prompt, completion, slope))
         tokens += len(completion)
         near |= bool(np.any(np.abs(ratio - (1 - eps_low)) < 1e-5) or np.any(np.abs(ratio - (1 + eps_high)) < 1e-5))
         low += int(np.sum((ratio < 1 - eps_low) & (adv[i] < 0)))
         high += int(np.sum((ratio > 1 + eps_high) & (adv[i] > 0)))
     n = len(completions)
     lengths = [len(c) for c in completions]
-    loss = sum(t.sum() * f for t, f in zip(per_seq, _normalisers(lengths, hp, n)))
+    factors = _normalisers(lengths, hp, n)
+    loss = sum(t.sum() * f for t, f in zip(per_seq, factors))
+    weights = [(p, c, w * f) for (p, c, w), f in zip(slopes, factors)] if old_policy is None else None
     metrics = {
         "reward": float(r.mean()),
         "reward_std": float(r.reshape(-1, group).std(axis=1, ddof=1).mean()),
@@ -123,4 +112,4 @@ def step(rows, completions, policy, old_policy, reference, hp, reward_funcs, dec
         metrics = {k: v for k, v in metrics.items() if not k.startswith("clip_ratio/")}
     if kls:
         metrics["kl"] = float(sum(k.sum() for k in kls) / tokens)
-    return float(loss), metrics
+    return float(loss), metrics, weights

@@ -92,15 +92,14 @@ class StepOracle:
         first_iteration = self._generation_start is self._before
         old = None if first_iteration else self._shadow(1, self._generation_start)
         reference = self.reference if self.hp.get("beta", 0) > 0 else None
-        decode, eos = self.tokenizer.decode, self.tokenizer.eos_token_id
-        loss, metrics = grpo_oracle.step(rows, completions, policy, old, reference, self.hp, DEFAULT_REWARDS,
-                                         decode, eos)
+        loss, metrics, weights = grpo_oracle.step(rows, completions, policy, old, reference, self.hp,
+                                                  DEFAULT_REWARDS, self.tokenizer.decode,
+                                                  self.tokenizer.eos_token_id)
         self.results.append({"step": k, "loss": loss, "metrics": metrics})
-        if k == 1 and self.case.settings.ranks == 1:
-            items = grpo_oracle.first_step_weights(rows, completions, policy, reference, self.hp, DEFAULT_REWARDS,
-                                                   decode, eos)
-            self.gradient = gradient.check(gradient.token_gradient(policy, items), self._before, _params(self.model),
-                                           record, tolerances, signs=self.case.settings.dtype == "float32")
+        if k == 1 and self.case.settings.ranks == 1:  # step 1 is a generation batch's first iteration
+            self.gradient = gradient.check(gradient.token_gradient(policy, weights), self._before,
+                                           _params(self.model), record, tolerances,
+                                           signs=self.case.settings.dtype == "float32")
 
     def _shadow(self, slot: int, params: dict):
         """A model of the policy's structure (LoRA included) holding ``params``."""
