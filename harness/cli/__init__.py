@@ -7,17 +7,21 @@ reason; 3 ``harness run`` was interrupted (SIGINT or SIGTERM) and its reports
 hold what ran.
 """
 
-import click
-from tabulate import tabulate
+from .. import torchless
 
-from ...fixtures import FIXTURES
-from ..judge.equivalence import CLASSES
-from ..judge.golden import EQUIVALENCE
-from ..model import (DATA_PARALLEL_CASE, DEFAULT_VARIANTS, RELEASE_VARIANTS, SCENARIOS, TRAINERS, VARIANT_FIXTURE,
-                     VARIANTS)
-from ..target import load_target, registered_targets
-from .common import main
-from . import bench, conformance, init, mutate, run, sweep, tools  # noqa: F401 - each registers its commands on ``main``
+torchless.install()  # before anything imports mlx-lm: the command never needs torch
+
+import click  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+
+from ...fixtures import FIXTURES  # noqa: E402
+from ..judge.equivalence import CLASSES  # noqa: E402
+from ..judge.golden import EQUIVALENCE  # noqa: E402
+from ..model import (DATA_PARALLEL_CASE, DEFAULT_VARIANTS, RELEASE_VARIANTS, SCENARIOS, TRAINERS,  # noqa: E402
+                     VARIANT_FIXTURE, VARIANTS)
+from ..target import load_target, registered_targets  # noqa: E402
+from .common import main  # noqa: E402
+from . import bench, conformance, init, mutate, run, sweep, tools  # noqa: E402, F401 - each registers its commands on ``main``
 
 __all__ = ["main"]
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from .. import torchless
 from .ranks import judge, log_excerpt
 
 DEFAULT_TIMEOUT = 300
@@ -124,7 +125,7 @@ def launch_command(case_path: Path, outdir: Path, mode: str, ranks: int, backend
     where = ["--hosts", hosts, "-n", str(ranks // len(hosts.split(",")))] if hosts else ["-n", str(ranks)]
     return [*launcher(), "--backend", backend, *where, "--starting-port", str(port), "--cwd", str(outdir),
             "--env", f"MLXTH_DIST_BACKEND={backend}",
-            "--", sys.executable, "-m", WORKER, str(case_path), str(outdir), mode]
+            "--", *torchless.command(WORKER, case_path, outdir, mode)]
 
 
 def _lower_priority(pid: int) -> None:
@@ -167,7 +168,7 @@ def run_process(case, timeout: float, workdir: Path, mode: str = "check", backen
         cmd = launch_command(case_path, outdir, mode, ranks, backend or default_backend(ranks), free_port_block(ranks),
                              hosts)
     else:
-        cmd = [sys.executable, "-m", WORKER, str(case_path), str(outdir), mode]
+        cmd = torchless.command(WORKER, case_path, outdir, mode)
     log_path = Path(log_path) if log_path else outdir / "launcher.log"
     started = time.perf_counter()
     timed_out, lowered = False, ranks == 1

@@ -13,11 +13,11 @@ import json
 import os
 import select
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
+from .. import torchless
 from . import launch
 from .ranks import judge, log_excerpt
 
@@ -37,7 +37,7 @@ class PoolWorker:
         self.started = time.perf_counter()
         self.start_s = None
         with open(self.log_path, "w") as log:
-            self.proc = launch.spawn([sys.executable, "-m", SERVE, target_spec], stdin=subprocess.PIPE,
+            self.proc = launch.spawn(torchless.command(SERVE, target_spec), stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=log, cwd=workdir)
         self._pending = b""
 

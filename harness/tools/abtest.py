@@ -21,6 +21,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from ... import trainers
+from .. import torchless
 from ..env import environment
 from ..model import Case
 from .bench import CaseBench, Rounds, summarize
@@ -40,7 +41,7 @@ class Side:
         case_path.write_text(json.dumps({"case": case.to_dict(), "rounds": rounds.__dict__}))
         self.log_path = workdir / f"{name}.log"
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", WORKER, str(case_path)], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen(torchless.command(WORKER, case_path), stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.log, env=env, cwd=workdir,
                                      start_new_session=True, text=True)
 

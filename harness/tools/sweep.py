@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from .. import torchless
 from ..judge.golden import write_atomic
 from ..model import Case, case_settings
 from ..run.runner import run_cases
@@ -25,7 +26,7 @@ NOT_OFFERED = "not offered"
 
 def probe(spec: str) -> dict:
     """What the target offers with the library ``PYTHONPATH`` now puts first (a fresh process)."""
-    cmd = [sys.executable, "-m", "mlxth.harness.tools.sweep", "--probe", spec]
+    cmd = torchless.command("mlxth.harness.tools.sweep", "--probe", spec)
     out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
     try:
         return json.loads(out.stdout.strip().splitlines()[-1])
