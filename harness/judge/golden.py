@@ -47,8 +47,10 @@ def tolerance(golden_env: dict, env: dict, dtype: str, approximate: bool = False
         return 5e-2, 5e-3, f"{dtype} on {env['backend']}: approximate, not reproducible between processes"
     if dtype != "float32":
         return 2e-2, 1e-3, f"{dtype}: approximate"
-    if env["backend"] != "cpu" and tf32(golden_env) != tf32(env):
-        return 2e-2, 1e-3, (f"fp32 on {env['backend']}, TF32 {'on' if tf32(env) else 'off'} but the golden's "
+    if tf32_mismatch(golden_env, env):
+        # H200, the 35 fp32 cases with TF32 off against goldens taken with it on: reward metrics up to
+        # 2.2e-3 apart (DPO tiny-warm's margins at step 2); twice that.  Sampled traces: see ``incomparable``.
+        return 2e-2, 5e-3, (f"fp32 on {env['backend']}, TF32 {'on' if tf32(env) else 'off'} but the golden's "
                             f"{'on' if tf32(golden_env) else 'off'}: TF32 rounds matmul inputs to 10 mantissa bits")
     if env["backend"] != "cpu":  # atol: rewards/* are beta x differences of log-probs (H200: up to 7e-5 apart)
         return 1e-3, 3e-4, f"fp32 on {env['backend']}: GPU reductions are not bitwise reproducible"
@@ -60,10 +62,32 @@ def tolerance(golden_env: dict, env: dict, dtype: str, approximate: bool = False
     return 0.0, 0.0, "exact: fp32 on cpu, same library versions"
 
 
-def unheld_keys(env: dict, dtype: str) -> tuple:
-    """Keys a golden comparison does not hold in ``env``: on the bf16-on-a-GPU tier,
+def unheld_keys(env: dict, dtype: str, golden_env=None) -> tuple:
+    """Keys a golden comparison does not hold in ``env``: on the bf16-on-a-GPU tier and the TF32 tier,
     ``UNSTABLE_APPROXIMATE`` (a count of margins the size of that tier's spread)."""
-    return UNSTABLE_APPROXIMATE if dtype != "float32" and env["backend"] != "cpu" else ()
+    if env["backend"] != "cpu" and (dtype != "float32" or tf32_mismatch(golden_env or env, env)):
+        return UNSTABLE_APPROXIMATE
+    return ()
+
+
+# Trainers whose trace depends on tokens they sample: a change in the arithmetic that moves a logit by
+# more than rounding noise can change a drawn token, and every number after it.
+SAMPLING_TRAINERS = ("grpo",)
+
+
+def incomparable(golden_env: dict, env: dict, trainer: str):
+    """Why no tolerance can hold a trace to this golden (None when one can)."""
+    if trainer in SAMPLING_TRAINERS and tf32_mismatch(golden_env, env):
+        # H200, GRPO on tiny-qwen35 with TF32 off against its TF32-on golden: grad_norm 3.71 against
+        # 9.92 at step 1 (other completions were drawn).
+        return (f"golden taken with TF32 {'on' if tf32(golden_env) else 'off'}, this run has it "
+                f"{'on' if tf32(env) else 'off'}: {trainer} samples its completions, and TF32's rounding changes "
+                "which tokens are drawn; record goldens under this setting (--update-snapshots) to hold them")
+    return None
+
+
+def tf32_mismatch(golden_env: dict, env: dict) -> bool:
+    return env.get("backend", "cpu") != "cpu" and tf32(golden_env) != tf32(env)
 
 
 def tf32(env: dict) -> bool:
@@ -269,9 +293,12 @@ def held_steps(golden_steps, result: dict):
 def compare(golden: dict, result: dict, approximate: bool = False):
     """The golden check for a finished case result."""
     env, dtype = result["environment"], result["case"]["settings"]["dtype"]
+    why_not = incomparable(golden["environment"], env, result["case"].get("trainer", ""))
+    if why_not:
+        return checks.skipped("golden", why_not)
     rtol, atol, reason = tolerance(golden["environment"], env, dtype, approximate)
     want, unchecked, count = held_steps(golden["steps"], result)
-    unheld = unheld_keys(env, dtype)
+    unheld = unheld_keys(env, dtype, golden["environment"])
     keys = [k for k in (want[0] if want else {}) if k not in unheld] if unheld else None
     diff = first_divergence(want, result["steps"][:len(want)], rtol, atol, keys)
     drift = version_drift(golden["environment"], env)

@@ -69,7 +69,9 @@ def _is_result(data: dict) -> bool:
 
 def _as_result(trace: dict) -> dict:
     """The fields of a case result that :func:`golden.compare` reads, from a trace."""
-    return {"environment": trace["environment"], "case": {"settings": trace["settings"]}, "steps": trace["steps"]}
+    parts = str(trace.get("case", "")).split("/")  # target/trainer/fixture/variant[/...]
+    return {"environment": trace["environment"], "steps": trace["steps"],
+            "case": {"settings": trace["settings"], "trainer": parts[1] if len(parts) > 1 else ""}}
 
 
 class GoldenTraceExtension(SingleFileSnapshotExtension):

@@ -21,14 +21,22 @@ NOT_NUMERICS = ("step", "learning_rate")
 
 
 def differences(golden_trace: dict, case: dict):
-    """(max abs, max rel, max share of the tolerance, rtol, atol, reason) of one case against its golden."""
-    rtol, atol, reason = golden.tolerance(golden_trace["environment"], case["environment"],
-                                          case["case"]["settings"]["dtype"])
+    """(max abs, max rel, max share of the tolerance, rtol, atol, reason, where) of one case against its
+    golden, over the steps and keys the harness holds (a data-parallel case: the equivalence tolerance)."""
+    genv, env, dtype = golden_trace["environment"], case["environment"], case["case"]["settings"]["dtype"]
+    steps, skip = golden_trace["steps"], set(golden.unheld_keys(env, dtype, genv))
+    if case["case"]["settings"].get("ranks", 1) > 1:
+        tol = golden.equivalence_tolerance(case["case"]["trainer"], env["backend"])
+        rtol, atol, reason = tol.rtol, tol.atol, "equivalence tolerance"
+        steps, skip = golden.equivalence_steps(steps, tol), set(tol.unstable)
+    else:
+        rtol, atol, reason = golden.tolerance(genv, env, dtype)
     worst_abs = worst_rel = used = 0.0
-    for want, got in zip(golden_trace["steps"], case["steps"]):
+    where = ""
+    for want, got in zip(steps, case["steps"]):
         for key, expected in want.items():
             actual = got.get(key)
-            if key in NOT_NUMERICS or not isinstance(expected, (int, float)) or not isinstance(actual, (int, float)):
+            if key in NOT_NUMERICS or key in skip or not isinstance(expected, (int, float)) or not isinstance(actual, (int, float)):
                 continue
             if not (math.isfinite(expected) and math.isfinite(actual)):
                 continue
@@ -36,16 +44,20 @@ def differences(golden_trace: dict, case: dict):
             worst_abs = max(worst_abs, diff)
             worst_rel = max(worst_rel, diff / abs(expected) if expected else 0.0)
             allowed = atol + rtol * abs(expected)
-            used = max(used, diff / allowed if allowed else (math.inf if diff else 0.0))
-    return worst_abs, worst_rel, used, rtol, atol, reason
+            share = diff / allowed if allowed else (math.inf if diff else 0.0)
+            if share > used:
+                used, where = share, f"step {want.get('step')} {key}: {expected!r} vs {actual!r}"
+    return worst_abs, worst_rel, used, rtol, atol, reason, where
 
 
-def measure(run_dir: Path) -> dict:
+def measure(run_dir: Path, dtype: str = "") -> dict:
     run = json.loads((Path(run_dir) / "report.json").read_text())
     rows = []
     for case in run["cases"]:
         path = Path(case.get("golden_path", ""))
-        if not case["steps"] or not path.is_file():
+        if not case["steps"] or not path.is_file() or dtype and case["case"]["settings"]["dtype"] != dtype:
+            continue
+        if golden.incomparable(golden.read(path)["environment"], case["environment"], case["case"]["trainer"]):
             continue
         rows.append((case["id"], *differences(golden.read(path), case)))
     env = run["environment"]
@@ -57,9 +69,11 @@ def measure(run_dir: Path) -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="reports/<run-id> folders")
+    parser.add_argument("--dtype", default="", help="only cases of this dtype (float32, bfloat16)")
+    parser.add_argument("--worst", type=int, default=0, help="also list this many cases, most tolerance used first")
     args = parser.parse_args(argv)
     for run_dir in args.runs:
-        m = measure(run_dir)
+        m = measure(run_dir, args.dtype)
         if not m["rows"]:
             print(f"{m['run']}: no case with a golden")
             continue
@@ -68,6 +82,8 @@ def main(argv=None):
               f"{m['errors']} error; max abs {max(r[1] for r in m['rows']):.2e}, "
               f"max rel {max(r[2] for r in m['rows']):.2e}, tolerance used {worst[3]:.3f} "
               f"(worst {worst[0]}; rtol {worst[4]:g}, atol {worst[5]:g}: {worst[6]})")
+        for row in sorted(m["rows"], key=lambda r: -r[3])[:args.worst]:
+            print(f"  {row[0]}: used {row[3]:.3f}, max abs {row[1]:.2e}, max rel {row[2]:.2e}; {row[7]}")
 
 
 if __name__ == "__main__":

@@ -89,3 +89,44 @@ def test_nccl_only_with_a_gpu_per_rank(monkeypatch):
     assert launch.default_backend(2) == "ring"
     monkeypatch.setenv(launch.LAUNCH_BACKEND_ENV, "nccl")
     assert launch.default_backend(2) == "nccl"
+
+
+def _tf32_env(on: bool):
+    return {"backend": "cuda", "device": "NVIDIA H200", "mlx": "0.32.4", "mlx-lm": "0.32.2",
+            "MLX_ENABLE_TF32": "1" if on else "0"}
+
+
+def _fp32_result(trainer, env, steps):
+    return {"case": {"trainer": trainer, "settings": _settings(steps=len(steps))}, "environment": env, "steps": steps}
+
+
+def test_tf32_off_against_a_tf32_golden_holds_what_tf32_cannot_move():
+    """Measured on an H200 (TF32 off against TF32-on goldens): DPO tiny-linear-attn's accuracies 0.75 -> 0.0
+    at step 1, DPO tiny-warm's margins 0.02466 -> 0.02242 at step 2; both within what TF32 moves."""
+    on, off = _tf32_env(True), _tf32_env(False)
+    want = [{"step": 1, "loss": 0.6931, "rewards/accuracies": 0.75, "rewards/margins": 0.0},
+            {"step": 2, "loss": 0.6805, "rewards/accuracies": 1.0, "rewards/margins": 0.02466384321451187}]
+    got = [{**want[0], "rewards/accuracies": 0.0}, {**want[1], "rewards/margins": 0.022419355809688568}]
+    trace = {"environment": on, "steps": want}
+    assert golden.compare(trace, _fp32_result("dpo", off, got))["status"] == "pass"
+    # under the golden's own setting the same numbers are a drift (accuracies are held there)
+    same = golden.compare(trace, _fp32_result("dpo", on, got))
+    assert same["kind"] == "golden-drift" and "rewards/accuracies" in same["detail"]
+    # a real change is still caught across the TF32 settings: the loss 3% off at step 2
+    moved = [got[0], {**got[1], "loss": 0.6805 * 1.03}]
+    drift = golden.compare(trace, _fp32_result("dpo", off, moved))
+    assert drift["kind"] == "golden-drift" and "step 2: loss" in drift["detail"] and "TF32" in drift["detail"]
+
+
+def test_a_sampling_trainer_is_not_held_to_a_golden_of_the_other_tf32_setting():
+    """GRPO on tiny-qwen35, H200, TF32 off against its TF32-on golden: grad_norm 3.71 vs 9.92 at step 1
+    (other completions drawn).  That is reported as a golden that cannot hold the run, not as drift."""
+    on, off = _tf32_env(True), _tf32_env(False)
+    trace = {"environment": on, "steps": [{"step": 1, "loss": 0.0, "grad_norm": 9.920611381530762}]}
+    run = [{"step": 1, "loss": 0.0, "grad_norm": 3.7094497680664062}]
+    check = golden.compare(trace, _fp32_result("grpo", off, run))
+    assert check["status"] == "skip" and "TF32" in check["detail"] and "--update-snapshots" in check["detail"]
+    # under the golden's setting it is held, and this is a drift
+    assert golden.compare(trace, _fp32_result("grpo", on, run))["kind"] == "golden-drift"
+    # the other trainers are held across the settings
+    assert golden.compare(trace, _fp32_result("dpo", off, run))["kind"] == "golden-drift"

@@ -37,8 +37,8 @@ def test_a_tf32_difference_is_its_own_tier():
     assert golden.tolerance(on, on, "float32")[:2] == (1e-3, 3e-4)
     assert golden.tolerance(off, off, "float32")[:2] == (1e-3, 3e-4)
     rtol, atol, reason = golden.tolerance(on, off, "float32")
-    assert (rtol, atol) == (2e-2, 1e-3) and "TF32 off but the golden's on" in reason
-    assert golden.tolerance(CUDA, off, "float32")[:2] == (2e-2, 1e-3)  # a golden without the key: MLX's default, on
+    assert (rtol, atol) == (2e-2, 5e-3) and "TF32 off but the golden's on" in reason
+    assert golden.tolerance(CUDA, off, "float32")[:2] == (2e-2, 5e-3)  # a golden without the key: MLX's default, on
     assert golden.tolerance({"backend": "cpu"}, {"backend": "cpu"}, "float32")[:2] == (0.0, 0.0)
 
 
