@@ -161,7 +161,8 @@ class GRPOTrainer(Trainer):
             n = len(all_completions)
             advantages = advantages[dp.rank * n : (dp.rank + 1) * n]
 
-        self.last_completions = all_completions
+        # The whole batch's completions, in rank order, as the metrics are the whole batch's.
+        self.last_completions = _gathered(dp, all_completions, lengths) if dp.active else all_completions
         metrics = {
             "reward": rewards.mean().item(),
             "reward_std": mx.std(rewards.reshape(-1, cfg.num_generations), axis=1, ddof=1).mean().item(),
@@ -209,6 +210,16 @@ class GRPOTrainer(Trainer):
         record = self.optimize(batches, [None] * len(batches), stats)
         record.update(self._rollout_metrics)
         return record
+
+
+def _gathered(dp, sequences, lengths):
+    """Every rank's ``sequences`` (token lists), in rank order; ``lengths`` are already every rank's."""
+    width = max(lengths)
+    padded = np.zeros((len(sequences), width), dtype=np.int32)
+    for i, seq in enumerate(sequences):
+        padded[i, : len(seq)] = seq
+    rows = dp.all_gather(mx.array(padded)).tolist()
+    return [row[:n] for row, n in zip(rows, lengths)]
 
 
 def _repeat(items, n):
