@@ -114,6 +114,7 @@ def run_once(case: Case, probe: bool, oracle: bool = False, on_step=None):
     try:
         obs["target_version"] = target.version()
         if oracle:
+            where = "the harness's loading of the oracle's reference model (not the target)"
             config = {"use_fused_kernel": False} if "kernel-off" in case.interventions else None
             oracle_reference = load_reference(case, config)
         where = "prepare()"

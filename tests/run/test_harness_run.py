@@ -195,3 +195,18 @@ def test_default_matrix_passes_against_the_committed_goldens(tmp_path):
                                       for v in ("bf16", "lora", "compiled"))
     assert [c["id"] for c in cases if c["case"]["settings"]["ranks"] > 1] == ["reference/kto/tiny-llama/fp32/2ranks"]
     assert all(c["status"] == "pass" for c in cases)
+
+
+def test_a_failing_oracle_reference_load_is_blamed_on_the_harness_not_the_target(monkeypatch):
+    from mlxth.harness.model import Case, case_settings
+    from mlxth.harness.run import worker
+
+    def broken(case, config=None):
+        raise OSError("reference weights unreadable")
+
+    monkeypatch.setattr(worker, "load_reference", broken)
+    case = Case("reference", "dpo", "tiny-llama", "fp32", case_settings("dpo", "fp32", 1), "reference")
+    records, error, _ = worker.run_once(case, probe=False, oracle=True)
+    assert records == [] and error["step"] is None
+    assert error["message"].startswith("the harness's loading of the oracle's reference model (not the target) "
+                                       "raised OSError: reference weights unreadable")
