@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 import numpy as np
-from mlx_lm.models.cache import make_prompt_cache
 
 from .batching import pad_sequences, token_logps
 from .core import TrainConfig, Trainer, TrainerSpec
@@ -73,6 +72,10 @@ def _sample(logits, config, keys):
 
 
 def _generate_batch(model, prompts, config, eos_id, keys):
+    # Imported here: importing mlx-lm costs a process about a second (four on a GPU host, through
+    # transformers), and the harness command imports the trainers without ever generating.
+    from mlx_lm.models.cache import make_prompt_cache
+
     G = config.num_generations
     cache = make_prompt_cache(model)
     logits = model(mx.array([p for p in prompts for _ in range(G)]), cache=cache)[:, -1, :]
