@@ -69,9 +69,17 @@ def _is_result(data: dict) -> bool:
 
 def _as_result(trace: dict) -> dict:
     """The fields of a case result that :func:`golden.compare` reads, from a trace."""
-    parts = str(trace.get("case", "")).split("/")  # target/trainer/fixture/variant[/...]
+    trainer = _case_parts(trace["case"])[1] if trace.get("case") else ""
     return {"environment": trace["environment"], "steps": trace["steps"],
-            "case": {"settings": trace["settings"], "trainer": parts[1] if len(parts) > 1 else ""}}
+            "case": {"settings": trace["settings"], "trainer": trainer}}
+
+
+def _case_parts(case_id: str):
+    """``(target, trainer, fixture, variant, scenario)`` of a trace's case id,
+    ``target/trainer/fixture/variant[/scenario]`` (a target spec may hold slashes)."""
+    head, _, last = case_id.rpartition("/")
+    case_id, scenario = (case_id, "") if last in VARIANTS else (head, last)
+    return (*case_id.rsplit("/", 3), scenario)
 
 
 class GoldenTraceExtension(SingleFileSnapshotExtension):
@@ -123,10 +131,8 @@ class GoldenTraceExtension(SingleFileSnapshotExtension):
             case = data["case"]
             target, trainer, fixture, variant = case["target"], case["trainer"], case["fixture"], case["variant"]
             scenario = case.get("scenario", "")
-        else:  # a trace's case id: target/trainer/fixture/variant[/scenario]
-            head, _, last = data["case"].rpartition("/")
-            case_id, scenario = (data["case"], "") if last in VARIANTS else (head, last)
-            target, trainer, fixture, variant = case_id.rsplit("/", 3)
+        else:
+            target, trainer, fixture, variant, scenario = _case_parts(data["case"])
         return cls.for_case(backend=data["environment"]["backend"], target=target, trainer=trainer,
                             fixture=fixture, variant=variant, root=root, golden_key=golden_key, exact=exact,
                             scenario=scenario)

@@ -57,9 +57,10 @@ def measure(run_dir: Path, dtype: str = "") -> dict:
         path = Path(case.get("golden_path", ""))
         if not case["steps"] or not path.is_file() or dtype and case["case"]["settings"]["dtype"] != dtype:
             continue
-        if golden.incomparable(golden.read(path)["environment"], case["environment"], case["case"]["trainer"]):
+        trace = golden.read(path)
+        if golden.incomparable(trace["environment"], case["environment"], case["case"]["trainer"]):
             continue
-        rows.append((case["id"], *differences(golden.read(path), case)))
+        rows.append((case["id"], *differences(trace, case)))
     env = run["environment"]
     return {"run": run["run_id"], "env": f"mlx {env['mlx']}, mlx-lm {env['mlx-lm']}, {env['backend']} {env['device']}",
             "cases": len(rows), "passed": run["summary"]["pass"], "failed": run["summary"]["fail"],
