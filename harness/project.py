@@ -8,12 +8,13 @@ never to the install, so a wheel behaves as a checkout does.  Command-line
 flags override the table; ``ConfigError`` names the file and the key.
 """
 
+import math
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 from ..fixtures import FIXTURES
-from .model import TRAINERS, VARIANTS, Settings
+from .model import TRAINERS, VARIANTS, Settings, scenario_names
 from .user_model import ModelFolderError, check_model_folder
 
 if sys.version_info >= (3, 11):
@@ -42,10 +43,18 @@ class ProjectConfig:
     trainers: tuple = ()
     fixtures: tuple = ()
     variants: tuple = ()
+    scenarios: tuple = ()
     models: tuple = ()  # mlx-lm model folders, as absolute paths
     steps: int = DEFAULT_STEPS
     # trainer -> {Settings field: value, "extra": {hyper-parameter: value}}
     trainer_overrides: dict = field(default_factory=dict)
+    # "<trainer>.<name>" of hyper-parameters that are no standard name: passed to the target as they are
+    nonstandard: tuple = ()
+    keys: tuple = ()  # the keys the table sets
+
+    def key(self, name: str) -> str:
+        """How an error names one of this table's keys."""
+        return f"{self.file}: [tool.{TABLE}] {name}"
 
 
 def read_pyproject(path: Path) -> dict:
@@ -155,15 +164,46 @@ class _Reader:
                       else type(value) is int)
                 if not ok:
                     self.fail(where, f"expected {'a number' if want is float else 'an integer'}, got {value!r}")
+                if not math.isfinite(value):
+                    self.fail(where, f"expected a finite number, got {value!r}")
+                if name == "seed" and not 0 <= value < 2**32:
+                    self.fail(where, f"expected an integer from 0 to 2**32 - 1, got {value!r}")
                 if name != "seed" and value <= 0:
                     self.fail(where, f"must be positive, got {value!r}")
                 out.setdefault(trainer, {})[name] = float(value) if want is float else value
+        self.nonstandard = []
         for trainer, entries in self.per_trainer(table, "hyperparameters").items():
             for name, value in entries.items():
-                if isinstance(value, dict):
-                    self.fail(f"hyperparameters.{trainer}.{name}", "expected a value, got a table")
+                self.hyperparameter(trainer, name, value)
             out.setdefault(trainer, {})["extra"] = dict(entries)
         return out
+
+    def hyperparameter(self, trainer, name, value):
+        """Check a standard hyper-parameter's value against the reference trainer's field; note other names."""
+        from ..trainers import SPECS  # only when a table sets hyper-parameters: the command starts without MLX
+
+        where = f"hyperparameters.{trainer}.{name}"
+        if isinstance(value, dict):
+            self.fail(where, "expected a value, got a table")
+        if name in {f.name for f in fields(Settings)}:
+            place = f"settings.{trainer}" if name in TRAINER_SETTINGS else "a variant"
+            self.fail(where, f"a case setting, not a hyper-parameter: {place} sets it")
+        spec = {f.name: f for f in fields(SPECS[trainer].config_class)}.get(name)
+        if spec is None:
+            self.nonstandard.append(f"{trainer}.{name}")
+            return
+        default = spec.default if spec.default is not MISSING else None
+        kind = type(default) if default is not None else spec.type
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is float and not (number and math.isfinite(value)):
+            self.fail(where, f"expected a finite number, got {value!r}")
+        if kind is int and type(value) is not int:
+            self.fail(where, f"expected an integer, got {value!r}")
+        if kind in (str, bool) and type(value) is not kind:
+            self.fail(where, f"expected {'a string' if kind is str else 'true or false'}, got {value!r}")
+        choices = spec.metadata.get("choices")
+        if choices and value not in choices:
+            self.fail(where, f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
 
     def models(self, table) -> tuple:
         out = []
@@ -175,8 +215,8 @@ class _Reader:
         return tuple(out)
 
 
-KEYS = ("target", "snapshots", "reports", "trainers", "fixtures", "variants", "models", "steps", "settings",
-        "hyperparameters")
+KEYS = ("target", "snapshots", "reports", "trainers", "fixtures", "variants", "scenarios", "models", "steps",
+        "settings", "hyperparameters")
 
 
 def load_config(start=None) -> ProjectConfig:
@@ -197,5 +237,7 @@ def load_config(start=None) -> ProjectConfig:
         root=root, file=file, target=reader.target(table),
         snapshots=reader.path(table, "snapshots", "snapshots"), reports=reader.path(table, "reports", "reports"),
         trainers=reader.names(table, "trainers", TRAINERS), fixtures=reader.names(table, "fixtures", FIXTURES),
-        variants=reader.names(table, "variants", tuple(VARIANTS)), models=reader.models(table),
-        steps=reader.steps(table), trainer_overrides=reader.trainer_overrides(table))
+        variants=reader.names(table, "variants", tuple(VARIANTS)),
+        scenarios=reader.names(table, "scenarios", scenario_names()), models=reader.models(table),
+        steps=reader.steps(table), trainer_overrides=reader.trainer_overrides(table),
+        nonstandard=tuple(reader.nonstandard), keys=tuple(table))

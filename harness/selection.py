@@ -7,8 +7,8 @@ is checked against what exists.
 """
 
 from ..fixtures import FIXTURES
-from .model import TRAINERS, VARIANTS, build_matrix, scenario_names
-from .target import load_target
+from .model import TRAINERS, VARIANTS, Settings, build_matrix, scenario_names
+from .target import TargetError, load_target
 from .user_model import ModelFolderError, check_model_folder
 
 
@@ -20,6 +20,16 @@ def check_names(kind, given, known):
     unknown = [g for g in given if g not in known]
     if unknown:
         raise SelectionError(f"unknown {kind} {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
+
+
+def standard_names(trainer: str) -> list:
+    """The hyper-parameters a trainer has under the standard names (its settings aside)."""
+    from dataclasses import fields
+
+    from ..trainers import SPECS
+
+    settings = {f.name for f in fields(Settings)}
+    return [f.name for f in fields(SPECS[trainer].config_class) if f.name not in settings]
 
 
 def model_cases(models, checked=False) -> list:
@@ -42,15 +52,38 @@ def select(config, target=None, trainers=(), fixtures=(), variants=(), steps=Non
     from_config = not models and not fixtures  # else the caller chooses what the cases run on
     if from_config:
         models, fixtures = config.models, config.fixtures
-    target_obj = load_target(target or config.target)
+    try:
+        target_obj = load_target(target or config.target)
+    except TargetError as err:
+        if target or "target" not in config.keys:
+            raise
+        raise TargetError(f"{config.key('target')}: {err}") from None
+    given_trainers = trainers
     trainers, variants = trainers or config.trainers, variants or config.variants
-    check_names("trainer", trainers, [t for t in TRAINERS if t in target_obj.trainers()])
+    scenarios = scenarios or config.scenarios
+    try:
+        check_names("trainer", trainers, [t for t in TRAINERS if t in target_obj.trainers()])
+    except SelectionError as err:  # the table's trainers, where the target lacks one: name the key
+        raise SelectionError(str(err) if given_trainers else f"{config.key('trainers')}: {err}") from None
     check_names("fixture", fixtures, list(FIXTURES))
     check_names("variant", variants, list(VARIANTS))
     check_names("scenario", scenarios, scenario_names())
     named = model_cases(models, checked=from_config)  # the configuration's are checked as it is read
+    if target_obj.name == "reference":  # its trainers take the standard names only
+        for key in config.nonstandard:
+            trainer, name = key.split(".", 1)
+            if not trainers or trainer in trainers:
+                raise SelectionError(f"{config.key('hyperparameters.' + key)}: not a hyper-parameter of the "
+                                     f"reference {trainer} trainer; known: {', '.join(standard_names(trainer))}")
     try:
-        return target_obj, build_matrix(target_obj, trainers, fixtures, variants, steps or config.steps, ranks,
-                                        config.trainer_overrides, named, scenarios)
+        cases = build_matrix(target_obj, trainers, fixtures, variants, steps or config.steps, ranks,
+                             config.trainer_overrides, named, scenarios)
     except ValueError as err:
         raise SelectionError(f"--ranks {ranks}: {err}") from None
+    if not cases:
+        asked = [f"{what} {', '.join(names)}" for what, names in (
+            ("trainers", trainers), ("fixtures", fixtures or [n for n, _ in named]), ("variants", variants),
+            ("scenarios", scenarios)) if names]
+        raise SelectionError(f"no case selected: no {target_obj.name} case has {'; '.join(asked)} "
+                             "(a scenario runs in fp32 on its own fixture; `harness list` names them)")
+    return target_obj, cases

@@ -45,11 +45,90 @@ def check_model_folder(path) -> Path:
     except (ValueError, ImportError):
         raise ModelFolderError(f"config.json: model_type {model_type!r} is not an architecture mlx-lm "
                                f"{version('mlx-lm')} implements") from None
-    if not any(folder.glob("*.safetensors")):
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
         raise ModelFolderError("no *.safetensors weights")
+    for file in weights:
+        _check_safetensors(file)
+    _check_index(folder)
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise ModelFolderError(f"no tokenizer (one of {', '.join(TOKENIZER_FILES)})")
+    _check_vocab_size(folder, config)
     return folder.resolve()
+
+
+def _check_safetensors(file: Path):
+    """A safetensors file's header only: an 8-byte little-endian length, that many bytes of JSON
+    (a dict of tensors), every tensor's data inside the file."""
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as fh:
+            head = fh.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else None
+            if length is None or length + 8 > size:
+                raise ModelFolderError(f"{file.name}: not a safetensors file (its header length does not fit its "
+                                       f"{size} bytes)")
+            try:
+                header = json.loads(fh.read(length))
+            except (ValueError, UnicodeDecodeError):
+                header = None
+    except OSError as err:
+        raise ModelFolderError(f"{file.name}: cannot be read ({err.strerror})") from None
+    if not isinstance(header, dict):
+        raise ModelFolderError(f"{file.name}: not a safetensors file (its header is not a JSON object)")
+    offsets = [t.get("data_offsets") for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)]
+    end = max((o[1] for o in offsets if isinstance(o, list) and len(o) == 2 and isinstance(o[1], int)), default=0)
+    if end > size - 8 - length:
+        raise ModelFolderError(f"{file.name}: truncated (its tensors need {end + 8 + length} bytes, the file has "
+                               f"{size})")
+
+
+def _check_index(folder: Path):
+    """``model.safetensors.index.json``, where there is one, names only shards in the folder."""
+    index = folder / "model.safetensors.index.json"
+    if not index.is_file():
+        return
+    try:
+        weight_map = json.loads(index.read_text()).get("weight_map", {})
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        raise ModelFolderError(f"{index.name}: invalid JSON or no weight_map") from None
+    missing = sorted({s for s in weight_map.values() if isinstance(s, str) and not (folder / s).is_file()})
+    if missing:
+        raise ModelFolderError(f"{index.name} names shards not in the folder: {', '.join(missing)}")
+
+
+def _largest_token_id(folder: Path):
+    """The largest id ``tokenizer.json`` gives (its vocabulary and added tokens); None without one."""
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        return None  # tokenizer.model and the like: not read here
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise ModelFolderError("tokenizer.json: invalid JSON") from None
+    vocab = data.get("model", {}).get("vocab") if isinstance(data, dict) else None
+    if isinstance(vocab, dict):  # BPE, WordPiece, WordLevel: token -> id
+        ids = [i for i in vocab.values() if isinstance(i, int)]
+    elif isinstance(vocab, list):  # Unigram: [token, score] in id order
+        ids = [len(vocab) - 1] if vocab else []
+    else:
+        return None
+    ids += [t["id"] for t in data.get("added_tokens") or () if isinstance(t, dict) and isinstance(t.get("id"), int)]
+    return max(ids, default=None)
+
+
+def _check_vocab_size(folder: Path, config: dict):
+    """Every id the tokenizer gives has a row in the embedding (``vocab_size``, or
+    ``text_config.vocab_size`` where the model nests its language model's settings)."""
+    key, vocab_size = "vocab_size", config.get("vocab_size")
+    text = config.get("text_config")
+    if isinstance(text, dict) and "vocab_size" in text:  # as mlx-lm reads e.g. qwen3_5's
+        key, vocab_size = "text_config.vocab_size", text["vocab_size"]
+    if not isinstance(vocab_size, int):
+        return
+    largest = _largest_token_id(folder)
+    if largest is not None and largest >= vocab_size:
+        raise ModelFolderError(f"the tokenizer's ids reach {largest} but config.json's {key} is {vocab_size}")
 
 
 def load_model_folder(path, model_config=None):

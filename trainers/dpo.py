@@ -6,13 +6,13 @@ import mlx.core as mx
 
 from .batching import pair_batch, sequence_logps, split_pairs
 from .core import TrainConfig, TrainerSpec
-from .losses import dpo_loss
+from .losses import DPO_LOSS_TYPES, dpo_loss
 
 
 @dataclass
 class DPOConfig(TrainConfig):
     beta: float = field(default=0.1, metadata={"help": "Strength of the implicit KL to the reference."})
-    loss_type: str = field(default="sigmoid", metadata={"help": "sigmoid, hinge or ipo."})
+    loss_type: str = field(default="sigmoid", metadata={"help": "sigmoid, hinge or ipo.", "choices": DPO_LOSS_TYPES})
     label_smoothing: float = field(default=0.0, metadata={"help": "cDPO label noise (sigmoid only)."})
 
 

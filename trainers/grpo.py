@@ -15,7 +15,7 @@ import numpy as np
 
 from .batching import pad_sequences, token_logps
 from .core import TrainConfig, Trainer, TrainerSpec
-from .grpo_loss import group_advantages, grpo_loss
+from .grpo_loss import LOSS_TYPES, SCALE_REWARDS, group_advantages, grpo_loss
 
 
 @dataclass
@@ -27,13 +27,14 @@ class GRPOConfig(TrainConfig):
     beta: float = field(default=0.0, metadata={"help": "k3 KL weight to the reference (TRL: 0.0)."})
     epsilon: float = field(default=0.2, metadata={"help": "Lower clip range eps_low."})
     epsilon_high: float = field(default=None, metadata={"help": "Upper clip range; None: epsilon."})
-    loss_type: str = field(default="grpo", metadata={"help": "grpo, bnpo, dr_grpo or dapo."})
-    scale_rewards: str = field(default="group", metadata={"help": "group, batch or none."})
+    loss_type: str = field(default="grpo", metadata={"help": "grpo, bnpo, dr_grpo or dapo.", "choices": LOSS_TYPES})
+    scale_rewards: str = field(default="group", metadata={"help": "group, batch or none.", "choices": SCALE_REWARDS})
     num_iterations: int = field(default=1, metadata={"help": "Optimizer steps per generation batch (mu)."})
     rollout_rng: str = field(default="stream", metadata={"help": (
         "stream: one RNG stream over the generation batch; per-prompt: each prompt's group drawn from its "
         "own key (seed, generation batch, the prompt's place in the step), so completions do not depend on "
-        "which rank or micro-batch generates them. Data parallelism needs per-prompt.")})
+        "which rank or micro-batch generates them. Data parallelism needs per-prompt."),
+        "choices": ("stream", "per-prompt")})
 
 
 def generate_groups(model, prompts, config, eos_id: int, keys=None):

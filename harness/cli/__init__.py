@@ -20,7 +20,7 @@ from ..judge.golden import EQUIVALENCE  # noqa: E402
 from ..model import (DATA_PARALLEL_CASE, DEFAULT_VARIANTS, RELEASE_VARIANTS, SCENARIOS, TRAINERS,  # noqa: E402
                      VARIANT_FIXTURE, VARIANTS)
 from ..target import load_target, registered_targets  # noqa: E402
-from .common import main  # noqa: E402
+from .common import main, project_config  # noqa: E402
 from . import bench, conformance, init, mutate, run, sweep, tools  # noqa: E402, F401 - each registers its commands on ``main``
 
 __all__ = ["main"]
@@ -29,13 +29,15 @@ __all__ = ["main"]
 @main.command("list")
 def list_command():
     """List targets, trainers, fixtures, variants and equivalence classes."""
+    config = project_config()  # a bad table is an error here too
+    names = sorted(registered_targets())
     rows = []
-    for name in sorted(registered_targets()):
+    for name in names + ([config.target] if config.target not in names else []):
         try:
             trainers = ", ".join(load_target(name).trainers())
         except Exception as err:  # noqa: BLE001 - a broken third-party target is listed, not fatal
             trainers = f"(cannot load: {err})"
-        rows.append([name, trainers])
+        rows.append([name + (" (the project's)" if name == config.target else ""), trainers])
     click.echo(tabulate(rows, headers=["target", "trainers"]))
     click.echo()
     click.echo("trainers: " + ", ".join(TRAINERS))

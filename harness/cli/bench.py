@@ -16,7 +16,7 @@ from ..model import TRAINERS, VARIANTS, build_matrix
 from ..tools import abtest, gate
 from ..tools import bench as bench_mod
 from ..tools.baseline import BaselineError, baseline_side
-from .common import check_names, fail_usage, main, resolve_target
+from .common import check_names, fail_usage, main, project_config, resolve_target
 
 DEFAULTS = bench_mod.Rounds()
 
@@ -32,6 +32,15 @@ def bench_cases(target_obj, trainers, fixtures, variants):
             if case.trainer == "grpo":
                 case.settings.extra["max_completion_length"] = COMPLETION_TOKENS
     return cases
+
+
+def selected_cases(targets, trainers, fixtures, variants):
+    """``[(loaded target, its cases)]``; what the command line leaves out comes from the project's table
+    (its target, else reference; its trainers, fixtures and variants, else bench's defaults)."""
+    config = project_config()
+    trainers, fixtures, variants = trainers or config.trainers, fixtures or config.fixtures, variants or config.variants
+    return [(t, bench_cases(t, trainers, fixtures, variants))
+            for t in map(resolve_target, dict.fromkeys(targets or (None,)))]
 
 
 def _by_key(cases):
@@ -72,13 +81,14 @@ def _ab_table(results):
 
 
 @main.command("bench")
-@click.option("--target", multiple=True, default=("reference",), show_default=True,
-              help="Target name (entry point) or import spec; repeat to compare targets side by side.")
-@click.option("--trainer", "trainers", multiple=True, help="Trainer(s); default all.")
+@click.option("--target", multiple=True,
+              help="Target name (entry point) or import spec; repeat to compare targets side by side.  "
+                   "[default: the project's, else reference]")
+@click.option("--trainer", "trainers", multiple=True, help="Trainer(s).  [default: the project's, else all]")
 @click.option("--fixture", "fixtures", multiple=True,
-              help=f"Fixture(s); default the tiny ones. Bench size (about 0.5B parameters, generated at run "
-                   f"time): {', '.join(BENCH_FIXTURES)}.")
-@click.option("--variant", "variants", multiple=True, help="Variant(s); default fp32.")
+              help=f"Fixture(s). Bench size (about 0.5B parameters, generated at run time): "
+                   f"{', '.join(BENCH_FIXTURES)}.  [default: the project's, else the tiny ones]")
+@click.option("--variant", "variants", multiple=True, help="Variant(s).  [default: the project's, else fp32]")
 @click.option("--warmup", default=DEFAULTS.warmup, show_default=True, type=click.IntRange(0, 100),
               help="Untimed steps first.")
 @click.option("--min-time", default=DEFAULTS.min_time, show_default=True, type=click.FloatRange(0, 3600),
@@ -129,7 +139,7 @@ def bench_command(target, trainers, fixtures, variants, warmup, min_time, min_ro
             fail_usage(str(err) if isinstance(err, gate.GateError)
                        else f"--compare {baseline_path}: not a harness bench JSON ({err})")
     rounds = bench_mod.Rounds(warmup, min_rounds, min_time, max_rounds, timer=timer).resolved()
-    selected = [(t, bench_cases(t, trainers, fixtures, variants)) for t in map(resolve_target, dict.fromkeys(target))]
+    selected = selected_cases(target, trainers, fixtures, variants)
     env = environment()
     if against:
         target_obj, cases = selected[0]

@@ -43,10 +43,11 @@ SECONDS = Seconds()
 
 def resolve_target(spec):
     """The loaded target (``None``: the project's); an unknown one is a usage error."""
+    config = None if spec else project_config()
     try:
-        return load_target(spec or project_config().target)
+        return load_target(spec or config.target)
     except TargetError as err:
-        fail_usage(str(err))
+        fail_usage(f"{config.key('target')}: {err}" if config and "target" in config.keys else str(err))
 
 
 def check_names(kind, given, known):
@@ -97,10 +98,16 @@ def select_cases(target, trainers, fixtures, variants, steps, ranks=1, models=()
     out comes from the project's configuration."""
     trainers, fixtures, variants = (tuple(dict.fromkeys(names)) for names in (trainers, fixtures, variants))
     scenarios, models = tuple(dict.fromkeys(scenarios)), tuple(dict.fromkeys(models))
+    config = project_config()
     try:
-        return select(project_config(), target, trainers, fixtures, variants, steps, ranks, models, scenarios)
+        target_obj, cases = select(config, target, trainers, fixtures, variants, steps, ranks, models, scenarios)
     except (SelectionError, TargetError) as err:
         fail_usage(str(err))
+    for key in config.nonstandard:  # a library's own field, or a typo: said, not hidden
+        if key.split(".", 1)[0] in {c.trainer for c in cases}:
+            click.echo(f"warning: {config.key('hyperparameters.' + key)}: not a standard name; passed to "
+                       f"{target_obj.name} as it is", err=True)
+    return target_obj, cases
 
 
 def use_library_version(target_obj, version):

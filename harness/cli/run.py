@@ -31,6 +31,16 @@ def _check_writable(cases, reports_dir, run_id, snapshots_dir, key, backend, upd
                 fail_usage(f"--update-snapshots: cannot write the golden {path}: {problem}")
 
 
+def _check_configured_snapshots(config, update_snapshots):
+    """The table's golden folder, held as --snapshots is: a typo there must not skip every golden check."""
+    path, named = config.snapshots, "snapshots" in config.keys
+    where = config.key("snapshots") if named else "snapshots"
+    if path.exists() and not path.is_dir():
+        fail_usage(f"{where}: {path} is not a folder")
+    if named and not path.exists() and not update_snapshots:
+        fail_usage(f"{where}: no such folder {path} (to record goldens there, add --update-snapshots)")
+
+
 # Two workers on a 2-core CI machine; on a GPU host (16-32 cores, kernels queued on one card) the
 # cases are mostly Python and launch overhead, so more workers overlap it.
 DEFAULT_JOBS = min(8, max(2, (os.cpu_count() or 1) // 4))
@@ -73,6 +83,8 @@ def run_command(target, trainers, fixtures, models, variants, scenarios, steps, 
     # NCCL groups one at a time: 8 two-rank cases at once on 2 H200s ended 3 of them in rank-crash.
     jobs = 1 if ranks > 1 and default_backend(ranks) == "nccl" else max(1, jobs // ranks)
     config = project_config()
+    if not snapshots_dir:
+        _check_configured_snapshots(config, update_snapshots)
     snapshots_dir = Path(snapshots_dir) if snapshots_dir else config.snapshots
     reports_dir = Path(reports_dir) if reports_dir else config.reports
     env = environment()
@@ -108,8 +120,11 @@ def run_command(target, trainers, fixtures, models, variants, scenarios, steps, 
 
     def progress(result, n, total):
         done[result["id"]] = result
+        unheld = any(c["name"] == "golden" and c["status"] == "skip" and c.get("reason", "").startswith("no golden")
+                     for c in result["checks"])
         click.echo(f"[{n:>{len(str(total))}}/{total}] {result['status']:<5} {result['id']} "
-                   f"({result['duration_s']:.1f}s)" + (f": {result['failure']['kind']}" if result["failure"] else ""))
+                   f"({result['duration_s']:.1f}s)" + (f": {result['failure']['kind']}" if result["failure"] else "")
+                   + ("; no golden" if unheld and not update_snapshots else ""))
         write("running")
 
     with stop_on_signals(stop):

@@ -132,8 +132,9 @@ def judge(case, outdir: Path, log_text: str, timed_out: bool, duration: float, t
     # A rank gone without its files is the culprit, unless the launcher stopped it (SIGTERM) after
     # another rank failed; a rank that raised is the culprit of the ranks stopped after it.
     culprits = [s for s in missing if s["exit"] != SIGTERM_STATUS] or ([] if failed else missing)
+    who = "rank {}" if ranks > 1 else "the case's process"  # one process has no ranks to name
     if culprits:
-        died = "; ".join(f"rank {s['rank']} died {where(s['steps_done'], steps)} ({_how(s['exit'])})"
+        died = "; ".join(f"{who.format(s['rank'])} died {where(s['steps_done'], steps)} ({_how(s['exit'])})"
                          for s in culprits)
         stopped = [s["rank"] for s in missing if s not in culprits]
         note = f"; mlx.launch stopped rank(s) {', '.join(map(str, stopped))}" if stopped else ""
@@ -146,8 +147,8 @@ def judge(case, outdir: Path, log_text: str, timed_out: bool, duration: float, t
         return error_result(case, first["error"]["kind"], f"rank {first['rank']}: {first['error']['message']}",
                              duration, rank_info, tail)
     if result is None:
-        return error_result(case, "rank-crash" if ranks > 1 else "crash", f"rank 0 left no result. {tail}", duration,
-                            rank_info, tail)
+        return error_result(case, "rank-crash" if ranks > 1 else "crash", f"{who.format(0)} left no result. {tail}",
+                            duration, rank_info, tail)
     if rank_info is not None:
         result["ranks"] = rank_info
     result["duration_s"] = round(duration, 3)

@@ -24,13 +24,14 @@ import sys
 import time
 import traceback
 from contextlib import ExitStack
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from ...fixtures.datasets import load_dataset
+from ...trainers import SPECS
 from ..adapters.reference import trainer_config
 from ..env import deterministic, environment
 from ..judge import checks, companions
@@ -86,14 +87,34 @@ def classify_exception(err: BaseException) -> str:
 
 
 def _hyperparameters(run, case) -> dict:
-    """The run's own hyper-parameters, or the standard defaults with the case's overrides."""
-    own = run.hyperparameters()
-    if own is not None:
-        return own
+    """The run's hyper-parameters: what it reports, over the standard defaults with the case's values.
+
+    A reported value unlike the one the case asks for means the setting never reached the trainer:
+    ``UnsupportedSetting``, naming each such value."""
+    standard = {f.name for f in fields(SPECS[case.trainer].config_class)}
+    asked = {k: v for k, v in case.settings.extra.items() if k in standard}
     try:
-        return vars(trainer_config(case.trainer, case.settings))
+        defaults = vars(trainer_config(case.trainer, replace(case.settings, extra=asked)))
     except (ValueError, TypeError):
-        return {}
+        defaults = {}
+    own = run.hyperparameters()
+    if own is None:
+        return defaults
+    differ = [f"{name}={own[name]!r} where the case asks for {value!r}"
+              for name, value in case.settings.extra.items() if name in own and not _same(own[name], value)]
+    if differ:
+        raise UnsupportedSetting(f"hyperparameters() reports {'; '.join(differ)}: the setting does not reach "
+                                 "the trainer")
+    return {**defaults, **own}
+
+
+def _same(reported, asked) -> bool:
+    numbers = (int, float)
+    if isinstance(reported, numbers) and isinstance(asked, numbers):
+        return float(reported) == float(asked)
+    if isinstance(reported, (list, tuple)) and isinstance(asked, (list, tuple)):
+        return len(reported) == len(asked) and all(map(_same, reported, asked))
+    return reported == asked
 
 
 def run_once(case: Case, probe: bool, oracle: bool = False, on_step=None):

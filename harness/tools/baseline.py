@@ -4,8 +4,9 @@
 library, put first on PYTHONPATH); a git revision of the target's repository
 (exported into a throw-away folder: for this project's own repository its
 ``trainers/`` folder becomes ``mlxth.trainers`` beside the running harness and
-fixtures, so both sides run the same bench; a library's export goes first on
-PYTHONPATH); or a release of the target's PyPI distribution, installed aside
+fixtures, so both sides run the same bench; a library's export puts its
+import roots first on PYTHONPATH, ``src/`` and the like: ``import_roots``); or
+a release of the target's PyPI distribution, installed aside
 (``versions.library_version``).  A target given as a file inside the
 repository is loaded from the export.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 from ... import harness as _harness_pkg
 from ... import trainers as _trainers_pkg
 from ... import fixtures as _fixtures_pkg
+from .import_roots import import_roots
 from .versions import VersionError, library_version
 
 
@@ -97,7 +99,7 @@ def baseline_side(against: str, target, repo=None):
                 env = _with_path(base_env, [_shim(tree, Path(tmp) / "shim")])
                 what = f"{repo.name} {sha[:10]}'s trainers/"
             else:
-                env = _with_path(base_env, [tree / "src", tree] if (tree / "src").is_dir() else [tree])
+                env = _with_path(base_env, import_roots(tree))
                 what = f"{repo.name} at {sha[:10]}"
             yield env, _spec_in(target.spec, repo, tree), what
         return

@@ -2,9 +2,11 @@
 
 ``git bisect run`` in a throw-away linked worktree, so the user's working
 tree, index and branch are never touched; each step is a fresh ``harness run``
-against the code at that commit, with the worktree first on ``PYTHONPATH`` (a
-library's repository: ``import`` takes the commit's code, whichever target
-drives it; this project's own history: its folders mapped to ``mlxth.*``),
+against the code at that commit, with the worktree's import roots first on
+``PYTHONPATH`` (a library's repository: its root and the folders its
+pyproject.toml maps packages from, such as ``src/``, so ``import`` takes the
+commit's code over an editable install, whichever target drives it; this
+project's own history: its folders mapped to ``mlxth.*``),
 held to the goldens of the passing end.  Both ends are tested first: passing
 then failing is a regression (the first bad commit is found), failing then
 passing a fix (the first good commit).  A revision is bad when a selected case
@@ -18,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from .import_roots import import_roots
 
 SKIP = 125
 REGRESSION, FIX = "regression", "fix"
@@ -59,7 +63,7 @@ def package_shim(tree: Path, where: Path) -> Path:
 def test_revision(tree: Path, run_args, snapshots: Path, kinds=()) -> dict:
     """Run the cases at the commit checked out in ``tree``: ``{"commit", "exit", "failures", "verdict"}``."""
     env = dict(os.environ)
-    paths = [str(tree)]
+    paths = [str(p) for p in import_roots(tree)]
     with tempfile.TemporaryDirectory(prefix="mlxth-bisect-step-") as tmp:
         if _own_project(tree):
             paths.insert(0, str(package_shim(tree, Path(tmp) / "shim")))
@@ -115,19 +119,29 @@ def resolve(repo, rev: str, option: str) -> str:
     return out.stdout.strip()
 
 
-def ends_message(old, new, old_entry, new_entry, direction):
+def why_bad(entry, kinds=()) -> str:
+    """The first failure that made ``entry`` bad, its check and kind, and how many more ("" when none)."""
+    counted = [f for f in entry.get("failures", ()) if not kinds or f["kind"] in kinds]
+    if not counted:
+        return ""
+    first, more = counted[0], f"; {len(counted) - 1} more failing" if len(counted) > 1 else ""
+    return f" (first failing case {first['case']}: check {first['check']}, kind {first['kind']}{more})"
+
+
+def ends_message(old, new, old_entry, new_entry, direction, kinds=()):
     """Why there is nothing to bisect, or None.  ``direction`` is what was asked for (None: either way);
-    ``new_entry`` is None when the old end already settled it."""
+    ``new_entry`` is None when the old end already settled it; ``kinds``: the failures that count."""
     names = ("--from", "--to") if direction is None else ("--good", "--bad")
     for name, rev, entry in ((names[0], old, old_entry), (names[1], new, new_entry or {})):
         if entry.get("verdict") == "skip":
             return f"{name} {rev} cannot be tested: {entry.get('reason') or 'the run did not complete'}"
     if direction == REGRESSION and old_entry["verdict"] != "good":
-        return f"the good revision {old} tests bad, not good: nothing to bisect"
+        return f"the good revision {old} tests bad, not good{why_bad(old_entry, kinds)}: nothing to bisect"
     if direction == REGRESSION and new_entry["verdict"] != "bad":
         return f"the bad revision {new} tests good, not bad: nothing to bisect"
     if old_entry["verdict"] == new_entry["verdict"]:
-        return f"both ends test {old_entry['verdict']}: the cases did not flip between {old} and {new}"
+        return (f"both ends test {old_entry['verdict']}{why_bad(old_entry, kinds)}: the cases did not flip "
+                f"between {old} and {new}")
     return None
 
 
@@ -163,7 +177,7 @@ def bisect(repo, old, new, run_args, kinds=(), direction=None, goldens_folder="s
                 git(tree, "checkout", "-q", "--detach", new_sha)
                 new_entry = {**test_revision(tree, run_args, goldens, kinds), "rev": new}
                 steps.append(new_entry)
-            message = ends_message(old, new, old_entry, new_entry, direction)
+            message = ends_message(old, new, old_entry, new_entry, direction, kinds)
             if message:
                 return {"direction": direction, "unit": "commit", "kinds": list(kinds), "first_bad": None,
                         "first_good": None, "found": None, "steps": steps, "message": [message]}

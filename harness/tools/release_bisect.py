@@ -50,7 +50,7 @@ def bisect_releases(target, first, last, selection, kinds=(), direction=None, *,
     new_entry = None
     if old_entry["verdict"] != "skip" and (direction is None or old_entry["verdict"] == "good"):
         new_entry = test(len(listed) - 1)
-    message = ends_message(first, last, old_entry, new_entry, direction)
+    message = ends_message(first, last, old_entry, new_entry, direction, kinds)
     result = {"unit": "release", "direction": direction, "kinds": list(kinds), "found": None, "first_bad": None,
               "first_good": None, "releases": listed, "steps": steps_done}
     if message:

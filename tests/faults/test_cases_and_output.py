@@ -45,9 +45,9 @@ def test_a_case_that_kills_exits_or_reads_stdin_is_that_cases_error_and_the_run_
     assert result.exit_code == 1, result.output
     cases = {c["case"]["trainer"]: c for c in report["cases"]}
     assert cases["dpo"]["failure"]["kind"] == "crash"
-    assert cases["dpo"]["failure"]["message"].startswith("rank 0 died in step 2 (killed by SIGKILL)")
+    assert cases["dpo"]["failure"]["message"].startswith("the case's process died in step 2 (killed by SIGKILL)")
     assert cases["orpo"]["failure"]["kind"] == "exception"
-    assert cases["orpo"]["failure"]["message"].startswith("rank 0 died in step 1 (exited with status 4)")
+    assert cases["orpo"]["failure"]["message"].startswith("the case's process died in step 1 (exited with status 4)")
     assert cases["kto"]["failure"]["kind"] == "exception"  # stdin reads nothing: no hang, no stolen command
     assert cases["kto"]["failure"]["message"] == "EOFError: EOF when reading a line"
     assert cases["simpo"]["status"] == "pass" and cases["grpo"]["status"] == "pass"

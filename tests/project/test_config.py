@@ -99,6 +99,28 @@ BAD = [
                                                                        "number"),
     ("[tool.mlx-trainer-harness.settings.ppo]\nseed = 1", "settings.ppo: unknown trainer"),
     ("[tool.mlx-trainer-harness.hyperparameters.dpo.beta]\nx = 1", "hyperparameters.dpo.beta: expected a value"),
+    ("[tool.mlx-trainer-harness.settings.dpo]\nlearning_rate = nan", "settings.dpo.learning_rate: expected a "
+                                                                      "finite number, got nan"),
+    ("[tool.mlx-trainer-harness.settings.dpo]\nseed = -1", "settings.dpo.seed: expected an integer from 0 to "
+                                                            "2**32 - 1, got -1"),
+    ("[tool.mlx-trainer-harness.hyperparameters.dpo]\nbeta = 'high'", "hyperparameters.dpo.beta: expected a finite "
+                                                                        "number, got 'high'"),
+    ("[tool.mlx-trainer-harness.hyperparameters.dpo]\nbeta = inf", "hyperparameters.dpo.beta: expected a finite "
+                                                                     "number, got inf"),
+    ("[tool.mlx-trainer-harness.hyperparameters.dpo]\nloss_type = 'bogus'", "hyperparameters.dpo.loss_type: "
+                                                                              "expected one of 'sigmoid', 'hinge', "
+                                                                              "'ipo', got 'bogus'"),
+    ("[tool.mlx-trainer-harness.hyperparameters.grpo]\nnum_generations = 2.5", "hyperparameters.grpo."
+                                                                                "num_generations: expected an "
+                                                                                "integer, got 2.5"),
+    ("[tool.mlx-trainer-harness.hyperparameters.grpo]\nscale_rewards = 1", "hyperparameters.grpo.scale_rewards: "
+                                                                            "expected a string, got 1"),
+    ("[tool.mlx-trainer-harness.hyperparameters.dpo]\nlearning_rate = 0.1", "hyperparameters.dpo.learning_rate: "
+                                                                             "a case setting, not a hyper-parameter: "
+                                                                             "settings.dpo sets it"),
+    ("[tool.mlx-trainer-harness.hyperparameters.dpo]\nlora_rank = 8", "hyperparameters.dpo.lora_rank: a case "
+                                                                       "setting, not a hyper-parameter: a variant"),
+    ('scenarios = ["smoothe"]', "scenarios: unknown 'smoothe'; known: plain"),
 ]
 
 
@@ -119,4 +141,95 @@ def test_a_bad_table_is_a_one_line_usage_error(tmp_path, monkeypatch):
     assert "Traceback" not in result.output
     (root / "pyproject.toml").write_text("[tool.mlx-trainer-harness\n")
     result = CliRunner().invoke(main, ["run"])
+    assert result.exit_code == 2 and f"{root / 'pyproject.toml'}: invalid TOML" in result.output
+
+
+def _run(root, monkeypatch, *args):
+    monkeypatch.chdir(root)
+    return CliRunner().invoke(main, ["run", *args], catch_exceptions=False)
+
+
+def test_the_table_names_scenarios_and_a_selection_of_nothing_is_an_error(tmp_path, monkeypatch):
+    root = _write(tmp_path / "lib", """\
+        [tool.mlx-trainer-harness]
+        trainers = ["dpo"]
+        fixtures = ["tiny-llama"]
+        scenarios = ["accumulation"]
+        """)
+    result = _run(root, monkeypatch, "--update-snapshots")
+    assert result.exit_code == 0, result.output
+    (case,) = _reports(root / "reports")[0]["cases"]
+    assert case["id"] == "reference/dpo/tiny-llama/fp32/accumulation"
+    # The smoothed scenario runs on tiny-warm, which the table leaves out: nothing to run is no pass.
+    result = _run(root, monkeypatch, "--scenario", "smoothed", "--strict")
+    assert result.exit_code == 2
+    assert "no case selected: no reference case has trainers dpo; fixtures tiny-llama; scenarios smoothed" \
+        in result.output
+    assert len(_reports(root / "reports")) == 1
+
+
+def test_a_hyperparameter_that_is_no_standard_name_is_refused_or_said(tmp_path, monkeypatch):
+    root = _write(tmp_path / "lib", """\
+        [tool.mlx-trainer-harness]
+        trainers = ["dpo"]
+        [tool.mlx-trainer-harness.hyperparameters.dpo]
+        betta = 0.5
+        """)
+    result = _run(root, monkeypatch, "--fixture", "tiny-llama", "--scenario", "plain")
+    assert result.exit_code == 2
+    assert (f"{root / 'pyproject.toml'}: [tool.mlx-trainer-harness] hyperparameters.dpo.betta: not a "
+            "hyper-parameter of the reference dpo trainer; known: weight_decay, ") in result.output
+    assert "max_grad_norm" in result.output and result.output.rstrip().endswith("beta, loss_type, label_smoothing")
+    # Another target may have fields of its own: passed on, and said.
+    (root / "mine.py").write_text(PLANTED_TARGETS.read_text())
+    result = _run(root, monkeypatch, "--target", "mine.py:SkipTrain", "--fixture", "tiny-llama", "--scenario",
+                  "plain")
+    assert ("warning: " + f"{root / 'pyproject.toml'}: [tool.mlx-trainer-harness] hyperparameters.dpo.betta: "
+            "not a standard name; passed to planted-skip-train as it is") in result.output
+
+
+def test_the_tables_golden_folder_is_held_as_the_flag_is(tmp_path, monkeypatch):
+    root = _write(tmp_path / "lib", '[tool.mlx-trainer-harness]\nsnapshots = "snapshot"\ntrainers = ["orpo"]\n')
+    (root / "snapshots").mkdir()  # the folder meant; the table has a typo
+    result = _run(root, monkeypatch, "--fixture", "tiny-llama", "--scenario", "plain")
+    assert result.exit_code == 2
+    assert (f"{root / 'pyproject.toml'}: [tool.mlx-trainer-harness] snapshots: no such folder {root / 'snapshot'} "
+            "(to record goldens there, add --update-snapshots)") in result.output
+    (root / "README.md").write_text("x")
+    (root / "pyproject.toml").write_text('[tool.mlx-trainer-harness]\nsnapshots = "README.md"\n')
+    result = _run(root, monkeypatch, "--fixture", "tiny-llama", "--scenario", "plain", "--update-snapshots")
+    assert result.exit_code == 2
+    assert f"snapshots: {root / 'README.md'} is not a folder" in result.output
+    assert not (root / "reports").exists()
+
+
+def test_a_table_value_that_the_target_refuses_names_the_key(tmp_path, monkeypatch):
+    root = _write(tmp_path / "lib", '[tool.mlx-trainer-harness]\ntarget = "mine.py:DPOOnly"\ntrainers = ["orpo"]\n')
+    (root / "mine.py").write_text("from mlxth.harness.adapters.reference import ReferenceTarget\n\n\n"
+                                  "class DPOOnly(ReferenceTarget):\n    name = 'dpo-only'\n\n"
+                                  "    def trainers(self):\n        return ('dpo',)\n")
+    table = f"{root / 'pyproject.toml'}: [tool.mlx-trainer-harness]"
+    result = _run(root, monkeypatch)
+    assert result.exit_code == 2 and f"{table} trainers: unknown trainer 'orpo'; known: dpo" in result.output
+    result = _run(root, monkeypatch, "--trainer", "orpo")  # the flag's own value: no key to name
+    assert result.exit_code == 2 and "Error: unknown trainer 'orpo'; known: dpo" in result.output
+    (root / "pyproject.toml").write_text('[tool.mlx-trainer-harness]\ntarget = "mine.py:Nope"\n')
+    for command in (["run"], ["bench", "--min-rounds", "1"]):
+        result = CliRunner().invoke(main, command, catch_exceptions=False)
+        assert result.exit_code == 2
+        assert f"{table} target: target spec " in result.output and "has no attribute 'Nope'" in result.output
+
+
+def test_list_shows_the_projects_target_and_refuses_a_broken_table(tmp_path, monkeypatch):
+    root = _write(tmp_path / "lib", '[tool.mlx-trainer-harness]\ntarget = "mine.py:DPOOnly"\n')
+    (root / "mine.py").write_text("from mlxth.harness.adapters.reference import ReferenceTarget\n\n\n"
+                                  "class DPOOnly(ReferenceTarget):\n    name = 'dpo-only'\n\n"
+                                  "    def trainers(self):\n        return ('dpo',)\n")
+    monkeypatch.chdir(root)
+    result = CliRunner().invoke(main, ["list"], catch_exceptions=False)
+    assert result.exit_code == 0
+    (line,) = [x for x in result.output.splitlines() if "(the project's)" in x]
+    assert line.split() == [f"{root / 'mine.py'}:DPOOnly", "(the", "project's)", "dpo"]
+    (root / "pyproject.toml").write_text("[tool.mlx-trainer-harness\n")
+    result = CliRunner().invoke(main, ["list"], catch_exceptions=False)
     assert result.exit_code == 2 and f"{root / 'pyproject.toml'}: invalid TOML" in result.output

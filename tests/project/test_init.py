@@ -94,18 +94,28 @@ def test_init_without_pyproject_writes_one_and_refuses_a_broken_one(tmp_path, mo
 def test_the_adapter_as_written_passes_every_check_and_documents_a_real_requirement(tmp_path, monkeypatch):
     root = _library(tmp_path)
     assert _init(root, monkeypatch).exit_code == 0
-    result = CliRunner().invoke(main, ["run", "--fixture", "tiny-linear-attn"], catch_exceptions=False)
+    # The table names a golden folder that does not exist yet: a run says how to record, and runs nothing.
+    result = CliRunner().invoke(main, ["run"], catch_exceptions=False)
+    assert result.exit_code == 2
+    assert "[tool.mlx-trainer-harness] snapshots: no such folder" in result.output and "--update-snapshots" in result.output
+    assert not (root / "reports").exists()
+    # Every case of the table's matrix: the default one for dpo, scenarios and release variants included.
+    result = CliRunner().invoke(main, ["run", "--update-snapshots"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    report = next((root / "reports").glob("*/report.json")).read_text()
-    (case,) = json.loads(report)["cases"]  # the table's dpo on this fixture: the plain case, no scenario
+    cases = json.loads(next((root / "reports").glob("*/report.json")).read_text())["cases"]
+    assert {(c["case"]["fixture"], c["case"]["variant"], c["case"]["scenario"]) for c in cases} == {
+        *((f, "fp32", "") for f in ("tiny-llama", "tiny-qwen35", "tiny-linear-attn", "tiny-warm")),
+        *(("tiny-llama", v, "") for v in ("bf16", "lora", "compiled")),
+        *(("tiny-warm", "fp32", s) for s in ("smoothed", "ipo", "hinge")), ("tiny-llama", "fp32", "accumulation")}
+    assert all(c["status"] == "pass" for c in cases), [(c["id"], c["failure"]) for c in cases]
+    (case,) = [c for c in cases if c["case"]["fixture"] == "tiny-linear-attn"]
     checks = {c["name"]: c["status"] for c in case["checks"]}
     assert checks == {"completes": "pass", "training-mode": "pass", "finite": "pass", "updates": "pass",
                       "loss-recompute": "pass", "metric-recompute": "skip", "gradient": "pass",
-                      "analytic": "pass", "reproducible": "pass", "golden": "skip"}
-    # Skipped only for what the example does not offer: metrics beyond loss and grad_norm, and a golden.
+                      "analytic": "pass", "reproducible": "pass", "golden": "pass"}
+    # Skipped only for what the example does not offer: metrics beyond loss and grad_norm.
     reasons = {c["name"]: c["reason"] for c in case["checks"] if c["status"] == "skip"}
     assert reasons["metric-recompute"] == "the target reports none of the standard metrics"
-    assert reasons["golden"].startswith("no golden recorded")
     # The example's model.train() is what the interface asks for: without it the case fails.
     adapter = root / "harness_target.py"
     adapter.write_text(adapter.read_text().replace("        self.model.train()", "        pass"))

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
@@ -9,6 +10,9 @@ from click.testing import CliRunner
 from mlxth.fixtures import fixture_path
 from mlxth.harness.cli import main
 from mlxth.harness.judge import golden
+from mlxth.harness.model import Case, case_settings
+from mlxth.harness.run import ranks
+from mlxth.harness.user_model import ModelFolderError, check_model_folder
 
 
 def _model_folder(where, name="my-llama"):
@@ -70,6 +74,21 @@ def _broken(tmp_path, what):
         (folder / "model.safetensors").unlink()
     elif what == "no tokenizer":
         (folder / "tokenizer.json").unlink()
+    elif what in ("vocab too small", "nested vocab too small"):
+        # tiny-llama's tokenizer gives ids 0-258 (256 bytes, 3 special tokens) for 260 embedding rows.
+        config = json.loads((folder / "config.json").read_text())
+        text = {"text_config": {"vocab_size": 100}} if what.startswith("nested") else {"vocab_size": 128}
+        (folder / "config.json").write_text(json.dumps({**config, **text}))
+    elif what == "corrupt weights":
+        (folder / "model.safetensors").write_text("garbage")
+    elif what == "header not json":
+        (folder / "model.safetensors").write_bytes((7).to_bytes(8, "little") + b"garbage" + bytes(64))
+    elif what == "truncated weights":
+        weights = (folder / "model.safetensors").read_bytes()
+        (folder / "model.safetensors").write_bytes(weights[:-100])
+    elif what == "missing shard":
+        (folder / "model.safetensors.index.json").write_text(json.dumps(
+            {"weight_map": {"a": "model.safetensors", "b": "model-00002-of-00002.safetensors"}}))
     return folder
 
 
@@ -82,6 +101,12 @@ BAD = [
     ("architecture", "config.json: model_type 'not-a-real-arch' is not an architecture mlx-lm"),
     ("no weights", "no *.safetensors weights"),
     ("no tokenizer", "no tokenizer (one of tokenizer.json"),
+    ("vocab too small", "the tokenizer's ids reach 258 but config.json's vocab_size is 128"),
+    ("nested vocab too small", "the tokenizer's ids reach 258 but config.json's text_config.vocab_size is 100"),
+    ("corrupt weights", "model.safetensors: not a safetensors file (its header length does not fit its 7 bytes)"),
+    ("header not json", "model.safetensors: not a safetensors file (its header is not a JSON object)"),
+    ("truncated weights", "model.safetensors: truncated (its tensors need "),  # more bytes than it has
+    ("missing shard", "model.safetensors.index.json names shards not in the folder: model-00002-of-00002"),
 ]
 
 
@@ -103,3 +128,36 @@ def test_a_model_named_like_a_fixture_is_refused(tmp_path):
     folder = _model_folder(tmp_path, "tiny-qwen35")
     result, _ = _run(tmp_path, "--model", str(folder))
     assert result.exit_code == 2 and "its name 'tiny-qwen35' is already a fixture's" in result.output
+
+
+def test_the_vocab_size_must_cover_the_tokenizers_ids_and_only_tokenizer_json_is_read(tmp_path):
+    folder = _model_folder(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "vocab_size": 259}))  # ids 0-258: just enough
+    assert check_model_folder(folder) == folder.resolve()
+    # A Unigram vocabulary is a list in id order: 300 entries reach id 299.
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    vocab = [[f"t{i}", -1.0] for i in range(300)]
+    unigram = {**tokenizer, "added_tokens": [], "model": {"type": "Unigram", "vocab": vocab}}
+    (folder / "tokenizer.json").write_text(json.dumps(unigram))
+    with pytest.raises(ModelFolderError, match="the tokenizer's ids reach 299 but config.json's vocab_size is 259"):
+        check_model_folder(folder)
+    # Without tokenizer.json (a sentencepiece tokenizer.model, say) the largest id is not guessed.
+    (folder / "tokenizer.json").rename(folder / "tokenizer.model")
+    assert check_model_folder(folder) == folder.resolve()
+
+
+def test_a_single_process_that_dies_is_named_the_cases_process_not_rank_0(tmp_path):
+    one, two = (Case("reference", "dpo", "tiny-llama", "fp32", replace(case_settings("dpo", "fp32", 3), ranks=r))
+                for r in (1, 2))
+    (tmp_path / "rank0.steps").write_text("1\n")
+    died = ranks.judge(one, tmp_path, "ValueError: [load_safetensors] boom\n", False, 1.0, 60, returncode=1)
+    assert died["failure"]["message"] == ("the case's process died in step 2 (exited with status 1). "
+                                          "ValueError: [load_safetensors] boom")
+    # Data-parallel ranks keep their names.
+    log = "[WARN] Node with rank 0 exited with code 1\n[WARN] Node with rank 1 exited with code -15\n"
+    assert ranks.judge(two, tmp_path, log, False, 1.0, 60)["failure"]["message"].startswith(
+        "rank 0 died in step 2 (exited with status 1); mlx.launch stopped rank(s) 1.")
+    (tmp_path / "rank0.json").write_text(json.dumps({"rank": 0, "status": "ok", "error": None, "fingerprint": {}}))
+    assert ranks.judge(one, tmp_path, "boom\n", False, 1.0, 60, returncode=0)["failure"]["message"] == (
+        "the case's process left no result. boom")

@@ -3,7 +3,8 @@
 The library ``mylib`` has a DPO trainer module and a harness target
 (``harness_target.py:Target``).  Commit numbers are 1-based; ``drop_train``
 is the commit that deletes the ``model.train()`` call, ``broken`` the commits
-whose trainer module does not import.
+whose trainer module does not import.  ``src=True`` keeps the package in
+``src/mylib`` (a src layout, with a pyproject.toml that says nothing of it).
 """
 
 import subprocess
@@ -81,19 +82,22 @@ def git(repo, *args):
     subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
 
 
-def build(repo: Path, commits: int = 12, drop_train: int = 9, broken=(6, 7)) -> list:
+def build(repo: Path, commits: int = 12, drop_train: int = 9, broken=(6, 7), src=False) -> list:
     """Create the repository; return the commit hashes, oldest first."""
     repo.mkdir(parents=True)
     git(repo, "init", "-q", "-b", "main")
     git(repo, "config", "user.email", "dev@mylib.invalid")
     git(repo, "config", "user.name", "mylib dev")
-    (repo / "mylib").mkdir()
-    (repo / "mylib" / "__init__.py").write_text("")
+    package = repo / "src" / "mylib" if src else repo / "mylib"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    if src:
+        (repo / "pyproject.toml").write_text('[project]\nname = "mylib"\nversion = "0.1"\n')
     (repo / "harness_target.py").write_text(TARGET)
     hashes = []
     for rev in range(1, commits + 1):
         train_line = "" if rev >= drop_train else "        self.model.train()\n"
-        (repo / "mylib" / "dpo.py").write_text(TRAINER.format(
+        (package / "dpo.py").write_text(TRAINER.format(
             rev=rev, train_line=train_line, broken="" if rev in broken else ":"))
         (repo / "CHANGES").write_text(f"revision {rev}\n")
         git(repo, "add", "-A")

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from mlxth.fixtures import FIXTURES
 from mlxth.harness.cli import main
+from mlxth.harness.cli.bench import selected_cases
 from mlxth.harness.tools.gate import GateError, bootstrap_slowdown, check_baseline, compare, verdict
 
 FAST = ["--min-time", "0", "--min-rounds", "4", "--max-rounds", "4", "--warmup", "1"]
@@ -118,3 +120,29 @@ def test_usage_errors_name_the_option():
     assert r.exit_code == 2 and "unknown fixture 'huge-llama'" in r.output and "bench-llama" in r.output
     r = runner.invoke(main, ["bench", "--trainer", "dpo", "--fixture", "tiny-llama", "--against", "no-such-rev-xyz"])
     assert r.exit_code == 2 and "--against no-such-rev-xyz" in r.output
+
+
+PROJECT_TARGET = """from mlxth.harness.adapters.reference import ReferenceTarget
+
+
+class Target(ReferenceTarget):
+    name = "mylib"
+"""
+
+
+def test_bench_takes_what_its_command_line_leaves_out_from_the_project(tmp_path, monkeypatch):
+    (tmp_path / "harness_target.py").write_text(PROJECT_TARGET)
+    (tmp_path / "pyproject.toml").write_text('[tool.mlx-trainer-harness]\ntarget = "harness_target.py:Target"\n'
+                                             'trainers = ["kto"]\nfixtures = ["tiny-llama"]\nvariants = ["bf16"]\n')
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(main, ["bench", *FAST, "--json", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert [c["id"] for c in json.loads(out.read_text())["cases"]] == ["mylib/kto/tiny-llama/bf16"]
+    # The command line wins, key by key; a fixture the table names nothing for keeps bench's choice.
+    (target, cases), = selected_cases(("reference",), ("dpo",), ("bench-llama",), ())
+    assert target.name == "reference" and [c.id for c in cases] == ["reference/dpo/bench-llama/bf16"]
+    (tmp_path / "pyproject.toml").write_text('[tool.mlx-trainer-harness]\ntrainers = ["orpo"]\n')
+    (target, cases), = selected_cases((), (), (), ())
+    assert target.name == "reference" and {c.fixture for c in cases} == set(FIXTURES)
+    assert {c.trainer for c in cases} == {"orpo"}

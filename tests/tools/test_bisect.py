@@ -1,7 +1,10 @@
 """`harness bisect` on a small trainer library's history."""
 
 import json
+import site
 import subprocess
+import sys
+from pathlib import Path
 
 from support.bisect_repo import build
 from support.toylib import repo_state as _state
@@ -47,6 +50,51 @@ def test_bisect_without_a_regression_reports_none(tmp_path):
     assert _state(repo) == before
 
 
+def test_bisect_says_which_case_made_the_good_end_bad(tmp_path):
+    repo = tmp_path / "mylib"
+    hashes = build(repo, commits=2, drop_train=1, broken=())
+    result = CliRunner().invoke(main, [
+        "bisect", "--repo", str(repo), "--good", hashes[0], "--bad", hashes[-1],
+        "--target", "harness_target.py:Target", "--trainer", "dpo", "--fixture", "tiny-linear-attn", "--steps", "2"])
+    assert result.exit_code == 1
+    assert (f"the good revision {hashes[0]} tests bad, not good (first failing case "
+            "mylib/dpo/tiny-linear-attn/fp32: check completes, kind vjp-missing): nothing to bisect") in result.output
+
+
+def editable_install(venv, checkout):
+    """A venv holding this one's packages and ``checkout`` (a src layout) as ``pip install -e`` leaves it:
+    setuptools writes the ``src`` folder's path into a .pth file (an import hook only for other layouts,
+    and that one sits after PYTHONPATH's path finder)."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    ours = "; ".join(f"site.addsitedir({d!r})" for d in site.getsitepackages())
+    (Path(purelib) / "harness-env.pth").write_text(f"import site; {ours}\n")
+    (Path(purelib) / "__editable__.mylib-0.1.pth").write_text(f"{checkout / 'src'}\n")
+    return python
+
+
+def test_bisect_takes_the_commits_src_layout_over_an_editable_install(tmp_path):
+    """The user's checkout (at the bad HEAD) is installed with pip install -e; each step still imports
+    the commit's src/mylib."""
+    repo = tmp_path / "mylib"
+    hashes = build(repo, commits=4, drop_train=3, broken=(), src=True)
+    python = editable_install(tmp_path / "venv", repo)
+    where = subprocess.run([str(python), "-c", "import mylib.dpo; print(mylib.dpo.__file__)"], cwd=tmp_path,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert where == str(repo / "src" / "mylib" / "dpo.py")  # the install is live
+    report = tmp_path / "bisect.json"
+    out = subprocess.run([str(python), "-m", "mlxth.harness.cli", "bisect", "--repo", ".", "--good", hashes[0],
+                          "--bad", "HEAD", "--target", "harness_target.py:Target", "--trainer", "dpo",
+                          "--fixture", "tiny-linear-attn", "--steps", "2", "--report", str(report)],
+                         cwd=repo, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    found = json.loads(report.read_text())
+    assert found["first_bad"] == hashes[2] and found["files"] == ["CHANGES", "src/mylib/dpo.py"]
+    assert [f["kind"] for f in found["failures"]] == ["vjp-missing"]
+
+
 def test_bisect_rejects_an_unknown_revision(tmp_path):
     repo = tmp_path / "mylib"
     build(repo, commits=2, drop_train=99, broken=())
@@ -57,7 +105,6 @@ def test_bisect_rejects_an_unknown_revision(tmp_path):
 def test_bisect_over_this_projects_own_history(tmp_path):
     """Each step runs the project's own code at that commit (mlxth mapped to the worktree)."""
     import shutil
-    from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
     repo = tmp_path / "own"
