@@ -19,8 +19,15 @@ def main():
     """Reproducibility and regression harness for MLX preference and RL trainers."""
 
 
+class ConfigurationError(click.ClickException):
+    """A usage or configuration problem found before any case runs: ``Error: <one line>``, exit 2.
+    (click's own option errors keep its usage hint.)"""
+
+    exit_code = 2
+
+
 def fail_usage(message: str):
-    raise click.UsageError(message)
+    raise ConfigurationError(message)
 
 
 class Seconds(click.ParamType):

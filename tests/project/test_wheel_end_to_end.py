@@ -107,7 +107,7 @@ def test_a_library_gates_its_trainers_with_the_installed_wheel(installed, tmp_pa
         assert (repo / written).is_file(), proc.stdout
     pyproject = (repo / "pyproject.toml").read_text()
     assert pyproject.startswith(lib.PYPROJECT) and "[tool.mlx-trainer-harness]" in pyproject
-    fixtures_line = next(line for line in pyproject.splitlines() if line.startswith("fixtures = "))
+    fixtures_line = next(line for line in pyproject.splitlines() if line.startswith("# fixtures = "))
     (repo / "pyproject.toml").write_text(pyproject.replace(fixtures_line, 'fixtures = ["tiny-llama"]'))
     lib.write_adapter(repo)
 
