@@ -25,7 +25,7 @@ _RELEASE_CHILD_ENV = "MLXTH_CONFORMANCE_RELEASE"
 
 
 @main.command("conformance")
-@click.option("--target", required=True, help="Target name (entry point) or import spec.")
+@click.option("--target", help="Target name (entry point) or import spec.  [default: the project's, else reference]")
 @click.option("--trainer", "trainers", multiple=True, help="Trainer(s); default all the target offers.")
 @click.option("--fixture", "fixtures", multiple=True, help="Fixture(s); default all.")
 @click.option("--reports", "reports_dir", type=click.Path(file_okay=False),
@@ -42,6 +42,7 @@ def conformance_command(target, trainers, fixtures, reports_dir, snapshots_dir, 
     beside the goldens are reported as expected and do not fail.
     """
     target_obj, _ = select_cases(target, trainers, fixtures, (), 1)
+    target = target_obj.spec  # the project's, when the command line names none
     config = project_config()
     snapshots = Path(snapshots_dir) if snapshots_dir else config.snapshots
     reports_dir = reports_dir or config.reports
@@ -79,7 +80,7 @@ def conformance_command(target, trainers, fixtures, reports_dir, snapshots_dir, 
 
 
 @main.command("equivalence")
-@click.option("--target", default="reference", show_default=True, help="Target name or import spec.")
+@click.option("--target", help="Target name or import spec.  [default: the project's, else reference]")
 @click.option("--trainer", "trainers", multiple=True, help="Trainer(s); default all the target offers.")
 @click.option("--fixture", default="tiny-llama", show_default=True)
 @click.option("--class", "class_name", default=next(iter(CLASSES)), show_default=True,

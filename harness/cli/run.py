@@ -78,6 +78,9 @@ def run_command(target, trainers, fixtures, models, variants, scenarios, steps, 
     if snapshots_dir and not Path(snapshots_dir).is_dir() and not update_snapshots:
         fail_usage(f"--snapshots {snapshots_dir}: no such folder (to record goldens there, add --update-snapshots)")
     target_obj, cases = select_cases(target, trainers, fixtures, variants, steps, ranks, models, scenarios)
+    if ranks > 1 and not target_obj.data_parallel:
+        fail_usage(f"--ranks {ranks}: target {target_obj.name} does not train data-parallel (a target that splits "
+                   "a step over mlx.launch ranks, settings.ranks of them, says so with data_parallel = True)")
     if target_version:
         use_library_version(target_obj, target_version)
     # NCCL groups one at a time: 8 two-rank cases at once on 2 H200s ended 3 of them in rank-crash.

@@ -119,15 +119,27 @@ def bisect_command(repo, over_releases, good, bad, old, new, kinds, target, trai
                              ("--variant", variants), ("--scenario", scenarios)):
             for value in values:
                 run_args += [flag, value]
-        click.echo(f"harness bisect {first}..{last} in {repo}: harness run {' '.join(run_args)}")
+        fallback = None if target is not None else _checkout_target(repo)
+        click.echo(f"harness bisect {first}..{last} in {repo}: harness run {' '.join(run_args)}"
+                   + (f"\n  a commit whose table names no target runs the checkout's: {fallback}" if fallback else ""))
         try:
-            result = bisect_mod.bisect(repo, first, last, run_args, kinds, direction, _goldens_in_repo(repo))
+            result = bisect_mod.bisect(repo, first, last, run_args, kinds, direction, _goldens_in_repo(repo),
+                                       fallback)
         except RuntimeError as err:
             fail_usage(str(err))
     click.echo(bisect_mod.format_report(result))
     if report_path:
         write_atomic(Path(report_path), json.dumps(result, indent=1) + "\n")
     sys.exit(0 if result["found"] else 1)
+
+
+def _checkout_target(repo):
+    """The target the repository's working tree configures, or None (a commit then runs its own table's)."""
+    try:
+        config = load_config(repo)
+    except ConfigError as err:
+        fail_usage(str(err))
+    return config.target if "target" in config.keys else None
 
 
 def _bisect_releases(target, first, last, direction, kinds, trainers, fixtures, variants, scenarios, steps,

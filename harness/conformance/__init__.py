@@ -81,6 +81,9 @@ def _probe_all(target, trainer, fixture, add):
         why = "rollouts are sampled" if trainer == "grpo" else "the KL point z is a batch statistic"
         add("batch-consistency", None, {}, f"n/a: {why}")
     documented = target.documented_hyperparameters(trainer)
+    if not documented:
+        add("dead-config", None, {}, "n/a: the target documents no hyper-parameters to probe "
+                                     "(documented_hyperparameters(trainer) lists (name, second value) pairs)")
     for name, value, result, ev in probe_dead_config(target, trainer, fixture, base, documented):
         if "inconclusive" in ev:
             note = f"inconclusive: {name}={value!r}: {ev['inconclusive']}"

@@ -16,6 +16,7 @@ skipped (git's 125).
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -60,9 +61,24 @@ def package_shim(tree: Path, where: Path) -> Path:
     return where
 
 
-def test_revision(tree: Path, run_args, snapshots: Path, kinds=()) -> dict:
-    """Run the cases at the commit checked out in ``tree``: ``{"commit", "exit", "failures", "verdict"}``."""
+def names_target(tree: Path) -> bool:
+    """Whether the commit checked out in ``tree`` configures its target (a broken table: its run says so)."""
+    from ..project import ConfigError, harness_table
+
+    try:
+        table = harness_table(tree / "pyproject.toml") if (tree / "pyproject.toml").is_file() else None
+    except (ConfigError, OSError):
+        return True
+    return table is not None and (not isinstance(table, dict) or "target" in table)
+
+
+def test_revision(tree: Path, run_args, snapshots: Path, kinds=(), fallback_target=None) -> dict:
+    """Run the cases at the commit checked out in ``tree``: ``{"commit", "exit", "failures", "verdict"}``.
+    ``fallback_target``: the target of a commit whose table names none (older than the harness's table),
+    so that it is not the built-in reference that such a commit is tested with."""
     env = dict(os.environ)
+    fallback = fallback_target and "--target" not in run_args and not names_target(tree)
+    run_args = ["--target", fallback_target, *run_args] if fallback else run_args
     paths = [str(p) for p in import_roots(tree)]
     with tempfile.TemporaryDirectory(prefix="mlxth-bisect-step-") as tmp:
         if _own_project(tree):
@@ -75,6 +91,8 @@ def test_revision(tree: Path, run_args, snapshots: Path, kinds=()) -> dict:
         found = sorted(reports.glob("*/report.json"))
         report = json.loads(found[-1].read_text()) if found else None
     entry = {"commit": git(tree, "rev-parse", "HEAD"), "exit": proc.returncode, "failures": []}
+    if fallback:
+        entry["target"] = fallback_target
     if report is not None:
         entry["failures"] = [{"case": c["id"], **c["failure"]} for c in report["cases"] if c["failure"]]
     if report is None or proc.returncode not in (0, 1):
@@ -89,9 +107,9 @@ def test_revision(tree: Path, run_args, snapshots: Path, kinds=()) -> dict:
     return entry
 
 
-def step(tree: Path, run_args, snapshots: Path, log: Path, kinds=(), direction=REGRESSION) -> int:
+def step(tree: Path, run_args, snapshots: Path, log: Path, kinds=(), direction=REGRESSION, fallback_target=None) -> int:
     """One ``git bisect run`` step; returns git's exit code (0 the old term, 1 the new one, 125 skip)."""
-    entry = test_revision(tree, run_args, snapshots, kinds)
+    entry = test_revision(tree, run_args, snapshots, kinds, fallback_target)
     with open(log, "a") as fh:
         fh.write(json.dumps(entry) + "\n")
     if entry["verdict"] == "skip":
@@ -145,12 +163,13 @@ def ends_message(old, new, old_entry, new_entry, direction, kinds=()):
     return None
 
 
-def bisect(repo, old, new, run_args, kinds=(), direction=None, goldens_folder="snapshots"):
+def bisect(repo, old, new, run_args, kinds=(), direction=None, goldens_folder="snapshots", fallback_target=None):
     """Find the commit where the cases flipped between ``old`` and ``new``; return a report dict.
 
     ``direction`` ``"regression"`` requires ``old`` good and ``new`` bad (``--good``/``--bad``);
     ``None`` takes whichever way the two ends differ (``--from``/``--to``).  ``goldens_folder``:
-    the golden folder, relative to the repository's root.
+    the golden folder, relative to the repository's root.  ``fallback_target``: the target of a commit
+    whose table names none (see ``test_revision``).
     """
     repo = Path(repo).resolve()
     if subprocess.run(["git", "-C", str(repo), "rev-parse", "--git-dir"], capture_output=True).returncode != 0:
@@ -168,14 +187,15 @@ def bisect(repo, old, new, run_args, kinds=(), direction=None, goldens_folder="s
         git(repo, "worktree", "add", "--detach", str(tree), new_sha)
         try:
             git(tree, "checkout", "-q", "--detach", old_sha)
-            old_entry = {**test_revision(tree, run_args, goldens, kinds), "rev": old}
+            fallback = _pinned(fallback_target, repo, tmp / "target")
+            old_entry = {**test_revision(tree, run_args, goldens, kinds, fallback), "rev": old}
             steps.append(old_entry)
             new_entry = None
             if old_entry["verdict"] != "skip" and (direction is None or old_entry["verdict"] == "good"):
                 if old_entry["verdict"] == "bad":  # a fix: held to the goldens of the passing end, the new one
                     goldens = _export_goldens(repo, new_sha, tmp / "goldens-new", goldens_folder)
                 git(tree, "checkout", "-q", "--detach", new_sha)
-                new_entry = {**test_revision(tree, run_args, goldens, kinds), "rev": new}
+                new_entry = {**test_revision(tree, run_args, goldens, kinds, fallback), "rev": new}
                 steps.append(new_entry)
             message = ends_message(old, new, old_entry, new_entry, direction, kinds)
             if message:
@@ -184,7 +204,7 @@ def bisect(repo, old, new, run_args, kinds=(), direction=None, goldens_folder="s
             found_direction = REGRESSION if old_entry["verdict"] == "good" else FIX
             term_old, term_new = TERMS[found_direction]
             git(tree, "bisect", "start", f"--term-old={term_old}", f"--term-new={term_new}", new_sha, old_sha)
-            options = json.dumps({"kinds": list(kinds), "direction": found_direction})
+            options = json.dumps({"kinds": list(kinds), "direction": found_direction, "fallback_target": fallback})
             cmd = [sys.executable, "-m", "mlxth.harness.tools.bisect", "--step", str(tree), str(goldens), str(log),
                    options, "--", *run_args]
             out = subprocess.run(["git", "-C", str(tree), "bisect", "run", *cmd], capture_output=True, text=True)
@@ -207,6 +227,18 @@ def bisect(repo, old, new, run_args, kinds=(), direction=None, goldens_folder="s
             "first_good": first if found_direction == FIX else None,
             "subject": subject, "author_date": date, "files": files,
             "failures": (shown or {"failures": []})["failures"], "steps": steps}
+
+
+def _pinned(spec, repo: Path, where: Path):
+    """``spec`` usable at any commit: a target file inside the repository is copied out of it first
+    (the copy as the working tree has it now; what it imports still comes from the commit's code)."""
+    path, sep, attr = (spec or "").rpartition(":")
+    if not (sep and path.endswith(".py")) or not Path(path).resolve().is_relative_to(repo):
+        return spec
+    where.mkdir(parents=True, exist_ok=True)
+    copy = where / Path(path).name
+    shutil.copy2(path, copy)
+    return f"{copy}:{attr}"
 
 
 def format_report(result) -> str:
@@ -242,7 +274,8 @@ def main(argv=None):
     tree, snapshots, log = (Path(a) for a in argv[1:4])
     try:
         options = json.loads(argv[4])
-        return step(tree, argv[6:], snapshots, log, tuple(options["kinds"]), options["direction"])
+        return step(tree, argv[6:], snapshots, log, tuple(options["kinds"]), options["direction"],
+                    options.get("fallback_target"))
     except Exception as err:  # noqa: BLE001 - a step that cannot run is skipped, never fatal to bisect
         print(f"bisect step failed: {err}", file=sys.stderr)
         return SKIP

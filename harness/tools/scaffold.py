@@ -8,6 +8,7 @@ The texts are package data under ``templates/``.
 """
 
 import re
+from importlib.metadata import version
 from pathlib import Path
 
 from ..project import TABLE, harness_table, load_config, read_pyproject
@@ -59,8 +60,9 @@ def init_project(root: Path, report) -> None:
     _write_new(root, TARGET_FILE, template("harness_target.py.template").replace("@@NAME@@", project_name(root)),
                report)
     config = load_config(root)  # the table as it now stands, checked
-    _write_new(root, WORKFLOW_FILE, template("workflow.yml").replace("@@SNAPSHOTS@@",
-                                                                     _relative(config.snapshots, root)), report)
+    workflow = template("workflow.yml").replace("@@SNAPSHOTS@@", _relative(config.snapshots, root))
+    # The release that wrote it: goldens are taken with one release of the harness, and CI runs that one.
+    _write_new(root, WORKFLOW_FILE, workflow.replace("@@VERSION@@", version("mlx-trainer-harness")), report)
     line = _relative(config.reports, root).rstrip("/") + "/"
     ignore = root / ".gitignore"
     if ".." in Path(line).parts or Path(line).is_absolute():

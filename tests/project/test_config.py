@@ -233,3 +233,18 @@ def test_list_shows_the_projects_target_and_refuses_a_broken_table(tmp_path, mon
     (root / "pyproject.toml").write_text("[tool.mlx-trainer-harness\n")
     result = CliRunner().invoke(main, ["list"], catch_exceptions=False)
     assert result.exit_code == 2 and f"{root / 'pyproject.toml'}: invalid TOML" in result.output
+
+
+def test_conformance_takes_the_projects_target_and_says_when_no_setting_is_probed(tmp_path, monkeypatch):
+    root = _write(tmp_path / "lib", '[tool.mlx-trainer-harness]\ntarget = "mine.py:Undocumented"\n')
+    (root / "mine.py").write_text("from mlxth.harness.adapters.reference import ReferenceTarget\n\n\n"
+                                  "class Undocumented(ReferenceTarget):\n    name = 'undocumented'\n"
+                                  "    documented_hyperparameters = None\n")
+    monkeypatch.chdir(root)
+    result = CliRunner().invoke(main, ["conformance", "--trainer", "simpo", "--fixture", "tiny-llama"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(next((root / "reports").glob("*/conformance.json")).read_text())
+    assert report["target"] == f"{root / 'mine.py'}:Undocumented"
+    (dead,) = [o for o in report["outcomes"] if o["probe"] == "dead-config"]
+    assert dead["status"] == "n/a" and dead["statement"].startswith("n/a: the target documents no hyper-parameters"), dead

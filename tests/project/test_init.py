@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+from importlib.metadata import version
 
 import yaml
 from click.testing import CliRunner
@@ -49,7 +50,9 @@ def test_init_writes_the_table_an_adapter_and_a_workflow(tmp_path, monkeypatch):
     linux, mac = flow["jobs"]["linux-cpu"], flow["jobs"]["macos-metal"]
     assert linux["runs-on"] == "ubuntu-latest"
     runs = " ".join(step.get("run", "") for step in linux["steps"])
-    assert "'mlx-trainer-harness[cpu]'" in runs and "harness run --strict" in runs and "GITHUB_STEP_SUMMARY" in runs
+    pinned = f"mlx-trainer-harness[cpu]=={version('mlx-trainer-harness')}"  # the release that wrote it
+    assert f"'{pinned}'" in runs and "harness run --strict" in runs and "GITHUB_STEP_SUMMARY" in runs
+    assert flow["permissions"] == {"contents": "read", "checks": "write"}  # the junit report posts a check
     uses = [step.get("uses", "") for step in linux["steps"]]
     assert any(u.startswith("mikepenz/action-junit-report") for u in uses)  # junit.xml as a test report
     assert any(u.startswith("actions/upload-artifact") for u in uses)

@@ -151,3 +151,13 @@ def test_judge_names_where_each_rank_was_when_the_run_timed_out(tmp_path):
     assert result["failure"]["kind"] == "timeout"
     assert result["failure"]["message"] == ("no result after 60 s (killed); rank 0 stuck in step 2 of the rerun, "
                                             "rank 1 never started")
+
+
+def test_ranks_for_a_target_that_does_not_train_data_parallel_is_refused(tmp_path):
+    (tmp_path / "single.py").write_text("from mlxth.harness.adapters.reference import ReferenceTarget\n\n\n"
+                                        "class Single(ReferenceTarget):\n    name = 'single'\n"
+                                        "    data_parallel = False\n")
+    result, report = _run(tmp_path, "--ranks", "2", "--target", f"{tmp_path / 'single.py'}:Single", "--trainer",
+                          "kto", "--fixture", "tiny-llama", "--scenario", "plain")
+    assert result.exit_code == 2 and report is None
+    assert "--ranks 2: target single does not train data-parallel" in result.output

@@ -135,3 +135,24 @@ def test_bisect_over_this_projects_own_history(tmp_path):
     assert result.exit_code == 0, result.output
     assert f"first bad commit: {bad_one}" in result.output
     assert "vjp-missing" in result.output and "trainers/core.py" in result.output
+
+
+def test_commits_older_than_the_harness_table_run_the_checkouts_target(tmp_path):
+    """A library adopts the harness after the regression: the commits before its table are still tested
+    with its target (a copy of the checkout's adapter), never with the built-in reference trainers."""
+    repo = tmp_path / "mylib"
+    hashes = build(repo, commits=4, drop_train=3, broken=())
+    (repo / "pyproject.toml").write_text('[tool.mlx-trainer-harness]\ntarget = "harness_target.py:Target"\n')
+    for args in (["add", "-A"], ["commit", "-q", "-m", "Adopt mlx-trainer-harness"]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+    report = tmp_path / "bisect.json"
+    out = subprocess.run([sys.executable, "-m", "mlxth.harness.cli", "bisect", "--repo", ".", "--good", hashes[0],
+                          "--bad", "HEAD", "--trainer", "dpo", "--fixture", "tiny-linear-attn", "--steps", "2",
+                          "--report", str(report)], cwd=repo, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "a commit whose table names no target runs the checkout's: " in out.stdout
+    found = json.loads(report.read_text())
+    assert found["first_bad"] == hashes[2] and found["subject"] == "Simplify the step"
+    assert [f["kind"] for f in found["failures"]] == ["vjp-missing"]
+    assert all(s.get("target", "").endswith("harness_target.py:Target") for s in found["steps"]
+               if s["commit"] in hashes), found["steps"]
