@@ -17,10 +17,19 @@ def init_command():
     """
     root = project_root()
     click.echo(f"harness init in {root}")
+    done = []
+
+    def report(path, what):
+        done.append(what)
+        click.echo(f"  {path:<40}  {what}")
+
     try:
-        init_project(root, lambda path, what: click.echo(f"  {path:<40}  {what}"))
+        init_project(root, report)
     except ConfigError as err:
         fail_usage(str(err))
+    if all(what.startswith("kept") for what in done):
+        click.echo("Nothing written: the project is already set up.")
+        return
     click.echo(f"""
 Next:
   1. {TARGET_FILE} runs a worked example: make Target.prepare() drive your trainers.

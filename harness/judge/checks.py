@@ -71,11 +71,13 @@ def completes(records, error, steps):
     return _check("completes", len(records) == steps, f"{len(records)}/{steps} steps", "exception")
 
 
-def training_mode(probe):
+def training_mode(probe, stepped=True):
+    """``stepped``: a step completed (else a run that stopped before one is not said to lack gradients)."""
     calls = probe.differentiated
     bad = probe.gradient_mode_violations()
     if not calls:
-        return skipped("training-mode", "no differentiated forward pass was observed")
+        return skipped("training-mode", "no differentiated forward pass was observed" if stepped
+                       else "no step completed")
     if bad:
         return _check("training-mode", False,
                       f"{len(bad)} of {len(calls)} differentiated forward passes ran with modules in inference "

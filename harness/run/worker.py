@@ -237,7 +237,7 @@ def run_case(case: Case, on_step=None, observe=None) -> dict:
     add = result["checks"].append
     add(checks.completes(records, error, case.settings.steps))
     if obs.get("probe") is not None:
-        add(checks.training_mode(obs["probe"]))
+        add(checks.training_mode(obs["probe"], stepped=bool(records)))
     add(checks.finite(records))
     if error is None:
         add(checks.updates(obs, lora=case.settings.lora_rank > 0))

@@ -81,6 +81,7 @@ def test_init_never_overwrites_a_file(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert _files(root) == before
     assert "kept: it already has [tool.mlx-trainer-harness]" in result.output
+    assert result.output.rstrip().endswith("Nothing written: the project is already set up.")
 
 
 def test_init_without_pyproject_writes_one_and_refuses_a_broken_one(tmp_path, monkeypatch):

@@ -50,6 +50,9 @@ def test_a_setting_the_run_reports_otherwise_is_unsupported(tmp_path):
     assert case["failure"]["kind"] == "unsupported-setting"
     assert ("hyperparameters() reports loss_type='sigmoid' where the case asks for 'ipo': the setting does not "
             "reach the trainer") in case["failure"]["message"]
+    # Stopped before its first step: its skipped checks say so, not that it took no gradient.
+    training = next(c for c in case["checks"] if c["name"] == "training-mode")
+    assert training["status"] == "skip" and training["reason"] == "no step completed", training
     # The same target where the case asks for nothing it drops: no failure.
     (tmp_path / "again").mkdir()
     result, (case,) = _run(tmp_path / "again", "Deaf", "--scenario", "plain", "--fixture", "tiny-llama")
