@@ -14,7 +14,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 from ..fixtures import FIXTURES
-from .model import TRAINERS, VARIANTS, Settings, scenario_names
+from .model import SETTINGS_FIELDS, TRAINERS, VARIANTS, Settings, scenario_names
 from .user_model import ModelFolderError, check_model_folder
 
 if sys.version_info >= (3, 11):
@@ -53,8 +53,12 @@ class ProjectConfig:
     keys: tuple = ()  # the keys the table sets
 
     def key(self, name: str) -> str:
-        """How an error names one of this table's keys."""
-        return f"{self.file}: [tool.{TABLE}] {name}"
+        return table_key(self.file, name)
+
+
+def table_key(file, name: str) -> str:
+    """How an error names one of a table's keys."""
+    return f"{file}: [tool.{TABLE}] {name}"
 
 
 def read_pyproject(path: Path) -> dict:
@@ -100,7 +104,7 @@ class _Reader:
         self.file, self.root = file, root
 
     def fail(self, key, problem):
-        raise ConfigError(f"{self.file}: [tool.{TABLE}] {key}: {problem}")
+        raise ConfigError(f"{table_key(self.file, key)}: {problem}")
 
     def string(self, table, key, default):
         value = table.get(key, default)
@@ -180,15 +184,15 @@ class _Reader:
 
     def hyperparameter(self, trainer, name, value):
         """Check a standard hyper-parameter's value against the reference trainer's field; note other names."""
-        from ..trainers import SPECS  # only when a table sets hyper-parameters: the command starts without MLX
+        from .adapters.reference import config_fields  # only when a table sets hyper-parameters: no MLX before
 
         where = f"hyperparameters.{trainer}.{name}"
         if isinstance(value, dict):
             self.fail(where, "expected a value, got a table")
-        if name in {f.name for f in fields(Settings)}:
+        if name in SETTINGS_FIELDS:
             place = f"settings.{trainer}" if name in TRAINER_SETTINGS else "a variant"
             self.fail(where, f"a case setting, not a hyper-parameter: {place} sets it")
-        spec = {f.name: f for f in fields(SPECS[trainer].config_class)}.get(name)
+        spec = config_fields(trainer).get(name)
         if spec is None:
             self.nonstandard.append(f"{trainer}.{name}")
             return

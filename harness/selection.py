@@ -7,7 +7,7 @@ is checked against what exists.
 """
 
 from ..fixtures import FIXTURES
-from .model import TRAINERS, VARIANTS, Settings, build_matrix, scenario_names
+from .model import SETTINGS_FIELDS, TRAINERS, VARIANTS, build_matrix, scenario_names
 from .target import TargetError, load_target
 from .user_model import ModelFolderError, check_model_folder
 
@@ -24,12 +24,20 @@ def check_names(kind, given, known):
 
 def standard_names(trainer: str) -> list:
     """The hyper-parameters a trainer has under the standard names (its settings aside)."""
-    from dataclasses import fields
+    from .adapters.reference import config_fields
 
-    from ..trainers import SPECS
+    return [name for name in config_fields(trainer) if name not in SETTINGS_FIELDS]
 
-    settings = {f.name for f in fields(Settings)}
-    return [f.name for f in fields(SPECS[trainer].config_class) if f.name not in settings]
+
+def configured_target(config, target=None):
+    """The target named, else the table's (``config``: None when one is named); a table's that cannot
+    be loaded names its key."""
+    try:
+        return load_target(target or config.target)
+    except TargetError as err:
+        if target or "target" not in config.keys:
+            raise
+        raise TargetError(f"{config.key('target')}: {err}") from None
 
 
 def model_cases(models, checked=False) -> list:
@@ -52,12 +60,7 @@ def select(config, target=None, trainers=(), fixtures=(), variants=(), steps=Non
     from_config = not models and not fixtures  # else the caller chooses what the cases run on
     if from_config:
         models, fixtures = config.models, config.fixtures
-    try:
-        target_obj = load_target(target or config.target)
-    except TargetError as err:
-        if target or "target" not in config.keys:
-            raise
-        raise TargetError(f"{config.key('target')}: {err}") from None
+    target_obj = configured_target(config, target)
     given_trainers = trainers
     trainers, variants = trainers or config.trainers, variants or config.variants
     scenarios = scenarios or config.scenarios

@@ -10,10 +10,15 @@ from ...trainers import SPECS, make_trainer
 from ..model import Settings
 
 
+def config_fields(trainer: str) -> dict:
+    """The reference trainer's config fields by name: the standard names of its settings and hyper-parameters."""
+    return {f.name: f for f in fields(SPECS[trainer].config_class)}
+
+
 def trainer_config(trainer: str, settings: Settings):
     """The reference trainer's config for a case's settings."""
     config_class = SPECS[trainer].config_class
-    names = {f.name for f in fields(config_class)}
+    names = set(config_fields(trainer))
     values = {k: v for k, v in settings.to_dict().items() if k in names}  # reference_fixture: prepare's
     unknown = sorted(set(settings.extra) - names)
     if unknown:

@@ -8,9 +8,9 @@ import secrets
 import click
 
 from ..project import ConfigError, load_config
-from ..selection import SelectionError, select
+from ..selection import SelectionError, configured_target, select
 from ..selection import check_names as _check_names
-from ..target import TargetError, load_target
+from ..target import TargetError
 from ..tools.versions import VersionError, library_version
 
 
@@ -50,11 +50,10 @@ SECONDS = Seconds()
 
 def resolve_target(spec):
     """The loaded target (``None``: the project's); an unknown one is a usage error."""
-    config = None if spec else project_config()
     try:
-        return load_target(spec or config.target)
+        return configured_target(None if spec else project_config(), spec)
     except TargetError as err:
-        fail_usage(f"{config.key('target')}: {err}" if config and "target" in config.keys else str(err))
+        fail_usage(str(err))
 
 
 def check_names(kind, given, known):

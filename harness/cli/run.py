@@ -123,8 +123,7 @@ def run_command(target, trainers, fixtures, models, variants, scenarios, steps, 
 
     def progress(result, n, total):
         done[result["id"]] = result
-        unheld = any(c["name"] == "golden" and c["status"] == "skip" and c.get("reason", "").startswith("no golden")
-                     for c in result["checks"])
+        unheld = any(c["name"] == "golden" and c.get("reason") == golden.NO_GOLDEN for c in result["checks"])
         click.echo(f"[{n:>{len(str(total))}}/{total}] {result['status']:<5} {result['id']} "
                    f"({result['duration_s']:.1f}s)" + (f": {result['failure']['kind']}" if result["failure"] else "")
                    + ("; no golden" if unheld and not update_snapshots else ""))

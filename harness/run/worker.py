@@ -24,15 +24,14 @@ import sys
 import time
 import traceback
 from contextlib import ExitStack
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from ...fixtures.datasets import load_dataset
-from ...trainers import SPECS
-from ..adapters.reference import trainer_config
+from ..adapters.reference import config_fields, trainer_config
 from ..env import deterministic, environment
 from ..judge import checks, companions
 from ..judge.golden import check_tolerances
@@ -91,7 +90,7 @@ def _hyperparameters(run, case) -> dict:
 
     A reported value unlike the one the case asks for means the setting never reached the trainer:
     ``UnsupportedSetting``, naming each such value."""
-    standard = {f.name for f in fields(SPECS[case.trainer].config_class)}
+    standard = config_fields(case.trainer)
     asked = {k: v for k, v in case.settings.extra.items() if k in standard}
     try:
         defaults = vars(trainer_config(case.trainer, replace(case.settings, extra=asked)))

@@ -11,13 +11,9 @@ sits after the path finder on ``sys.meta_path``), so ``import mylib`` takes
 the tree's code.
 """
 
-import sys
 from pathlib import Path
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10: the same parser, from PyPI
-    import tomli as tomllib
+from ..project import ConfigError, read_pyproject
 
 
 def _get(table, *keys):
@@ -56,9 +52,8 @@ def import_roots(tree: Path) -> list:
     only folders inside the tree that exist.  A missing or unreadable pyproject.toml declares nothing."""
     tree = Path(tree).resolve()
     try:
-        with open(tree / "pyproject.toml", "rb") as fh:
-            folders = declared_roots(tomllib.load(fh))
-    except (OSError, tomllib.TOMLDecodeError):
+        folders = declared_roots(read_pyproject(tree / "pyproject.toml"))
+    except (OSError, ConfigError):
         folders = []
     src = tree / "src"
     if not folders and src.is_dir() and any(p.suffix == ".py" or (p / "__init__.py").is_file() for p in src.iterdir()):

@@ -203,11 +203,15 @@ def test_the_tables_golden_folder_is_held_as_the_flag_is(tmp_path, monkeypatch):
     assert not (root / "reports").exists()
 
 
+def _dpo_only_target(path):
+    path.write_text("from mlxth.harness.adapters.reference import ReferenceTarget\n\n\n"
+                    "class DPOOnly(ReferenceTarget):\n    name = 'dpo-only'\n\n"
+                    "    def trainers(self):\n        return ('dpo',)\n")
+
+
 def test_a_table_value_that_the_target_refuses_names_the_key(tmp_path, monkeypatch):
     root = _write(tmp_path / "lib", '[tool.mlx-trainer-harness]\ntarget = "mine.py:DPOOnly"\ntrainers = ["orpo"]\n')
-    (root / "mine.py").write_text("from mlxth.harness.adapters.reference import ReferenceTarget\n\n\n"
-                                  "class DPOOnly(ReferenceTarget):\n    name = 'dpo-only'\n\n"
-                                  "    def trainers(self):\n        return ('dpo',)\n")
+    _dpo_only_target(root / "mine.py")
     table = f"{root / 'pyproject.toml'}: [tool.mlx-trainer-harness]"
     result = _run(root, monkeypatch)
     assert result.exit_code == 2 and f"{table} trainers: unknown trainer 'orpo'; known: dpo" in result.output
@@ -222,9 +226,7 @@ def test_a_table_value_that_the_target_refuses_names_the_key(tmp_path, monkeypat
 
 def test_list_shows_the_projects_target_and_refuses_a_broken_table(tmp_path, monkeypatch):
     root = _write(tmp_path / "lib", '[tool.mlx-trainer-harness]\ntarget = "mine.py:DPOOnly"\n')
-    (root / "mine.py").write_text("from mlxth.harness.adapters.reference import ReferenceTarget\n\n\n"
-                                  "class DPOOnly(ReferenceTarget):\n    name = 'dpo-only'\n\n"
-                                  "    def trainers(self):\n        return ('dpo',)\n")
+    _dpo_only_target(root / "mine.py")
     monkeypatch.chdir(root)
     result = CliRunner().invoke(main, ["list"], catch_exceptions=False)
     assert result.exit_code == 0
